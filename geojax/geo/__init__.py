@@ -1,0 +1,1 @@
+"""geojax.geo (being built)."""

@@ -1,0 +1,1 @@
+"""geojax.models (being built)."""

@@ -1,0 +1,1 @@
+"""geojax.rl (being built)."""

@@ -1,0 +1,1 @@
+"""geojax.sampling (being built)."""

@@ -1,0 +1,1 @@
+"""geojax.sft (being built)."""
