@@ -39,7 +39,15 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
 
 def run(main: Callable[[list[str]], Any]) -> None:
   """`absl.app.run` with config errors reported as a single line instead of a traceback."""
-  app.run(main, flags_parser=_parse_flags)
+
+  def checked_main(argv: list[str]) -> Any:
+    try:
+      return main(argv)
+    except ConfigError as e:
+      sys.stderr.write(f"error: {e}\n")
+      sys.exit(2)
+
+  app.run(checked_main, flags_parser=_parse_flags)
 
 
 def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
