@@ -1,0 +1,86 @@
+"""Process start-up (`jax.distributed`) and the device mesh.
+
+Multi-process runs are configured by config keys or, when those are empty, by the environment variables
+`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` (and on Cloud TPU / SLURM by jax's own cluster
+detection). A run with none of these is a single process and needs no set-up.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+_initialized = False
+
+
+def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
+               mode: str = "auto") -> None:
+  """Starts `jax.distributed` when this run spans several processes.
+
+  mode: "off" never initializes; "on" always does (cluster auto-detection fills what is unset);
+  "auto" does when a coordinator address is known from the arguments or the environment.
+  """
+  global _initialized
+  if _initialized or mode == "off":
+    return
+  address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  count = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
+  index = process_id if process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "-1") or -1)
+  if mode == "auto" and not address:
+    return
+  kwargs = {}
+  if address:
+    kwargs["coordinator_address"] = address
+  if count:
+    kwargs["num_processes"] = count
+  if index >= 0:
+    kwargs["process_id"] = index
+  jax.distributed.initialize(**kwargs)
+  _initialized = True
+
+
+def make_mesh(axes: Mapping[str, int]) -> Mesh:
+  """A mesh over all devices of all processes; one axis size may be -1 (takes the remaining devices).
+
+  Axis order is the mapping's order, outermost first (put the data axis first so hosts split the batch).
+  """
+  names = tuple(axes)
+  sizes = [int(axes[n]) for n in names]
+  n_devices = jax.device_count()
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh {dict(axes)}: at most one axis may be -1")
+  known = int(np.prod([s for s in sizes if s != -1])) if sizes else 1
+  if -1 in sizes:
+    if n_devices % known:
+      raise ValueError(f"mesh {dict(axes)} does not divide {n_devices} devices")
+    sizes[sizes.index(-1)] = n_devices // known
+  if int(np.prod(sizes)) != n_devices:
+    raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, found {n_devices}")
+  return jax.make_mesh(tuple(sizes), names, devices=jax.devices())
+
+
+def put_global(tree, mesh: Mesh, spec_fn=None):
+  """Places host numpy arrays that every process holds in full onto `mesh`.
+
+  Arrays are sharded on their leading axis over the mesh's first axis when it divides, else replicated;
+  `spec_fn(path, array) -> PartitionSpec` overrides. Works unchanged with one or many processes because each
+  process supplies only the slices its own devices hold.
+  """
+  batch_axis = mesh.axis_names[0]
+  batch_size = mesh.shape[batch_axis]
+
+  def place(path, x):
+    x = np.asarray(x)
+    if spec_fn is not None:
+      spec = spec_fn(path, x)
+    elif x.ndim and x.shape[0] % batch_size == 0:
+      spec = P(batch_axis)
+    else:
+      spec = P()
+    sharding = NamedSharding(mesh, spec)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree_util.tree_map_with_path(place, tree)
