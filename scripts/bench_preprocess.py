@@ -1,0 +1,81 @@
+"""Images per second (one core) of geojax.data.preprocess_image vs transformers' Qwen2VLImageProcessorPil.
+
+  HF_HUB_OFFLINE=1 python scripts/bench_preprocess.py [--repeats 30]
+
+Both run in this process on the same decoded images (and, separately, from JPEG bytes, where decoding is a
+shared cost), and the outputs are compared before timing.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: E402
+
+from geojax.data.image import MAX_PIXELS, preprocess_image  # noqa: E402
+
+CASES = [  # (name, height, width, max_pixels)
+    ("mp16-like 480x640", 480, 640, MAX_PIXELS),
+    ("1024x768", 768, 1024, MAX_PIXELS),
+    ("1920x1080 -> 1M px", 1080, 1920, MAX_PIXELS),
+    ("1920x1080 -> 200k px", 1080, 1920, 256 * 28 * 28),
+    ("640x480 -> 200k px", 480, 640, 256 * 28 * 28),
+]
+
+
+def _photo(h: int, w: int, seed: int = 0) -> Image.Image:
+  """A smooth, photo-like image (random noise compresses unrealistically badly)."""
+  rng = np.random.default_rng(seed)
+  small = rng.integers(0, 256, (max(h // 16, 2), max(w // 16, 2), 3), dtype=np.uint8)
+  return Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
+
+
+def _best_seconds(fn, repeats: int) -> float:
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--repeats", type=int, default=30)
+  args = parser.parse_args()
+  print(f"{'case':28s} {'from':6s} {'ours img/s':>11s} {'hf img/s':>10s} {'ratio':>6s} {'max|diff|':>10s}"
+        f" {'resize ms':>10s} {'ratio w/o resize':>17s}")
+  for name, h, w, max_pixels in CASES:
+    image = _photo(h, w)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    jpeg = buf.getvalue()
+    reference = Qwen2VLImageProcessorPil(max_pixels=max_pixels)
+    ref_pixels = reference(images=image, return_tensors="np")["pixel_values"]
+    ours_pixels, _ = preprocess_image(image, max_pixels=max_pixels)
+    diff = float(np.abs(ours_pixels - ref_pixels).max())
+    grid = reference(images=image, return_tensors="np")["image_grid_thw"][0]
+    target = (int(grid[2]) * 14, int(grid[1]) * 14)
+    # PIL's bicubic resize is shared by both pipelines (and bounds the ratio); time it alone too.
+    resize = _best_seconds(lambda: image.resize(target, Image.Resampling.BICUBIC), args.repeats)
+    for source, ours_fn, ref_fn in [
+        ("pil", lambda: preprocess_image(image, max_pixels=max_pixels),
+         lambda: reference(images=image, return_tensors="np")),
+        ("jpeg", lambda: preprocess_image(jpeg, max_pixels=max_pixels),
+         lambda: reference(images=Image.open(io.BytesIO(jpeg)), return_tensors="np")),
+    ]:
+      ours = _best_seconds(ours_fn, args.repeats)
+      ref = _best_seconds(ref_fn, args.repeats)
+      print(f"{name:28s} {source:6s} {1 / ours:11.1f} {1 / ref:10.1f} {ref / ours:6.2f} {diff:10.2e}"
+            f" {resize * 1e3:10.2f} {(ref - resize) / max(ours - resize, 1e-9):17.2f}")
+
+
+if __name__ == "__main__":
+  main()
