@@ -1,0 +1,119 @@
+"""Qwen2-VL / Qwen2.5-VL chat formatting, task prompts, and the answer texts SFT trains on.
+
+`encode_chat` produces the ids transformers' `apply_chat_template` (Qwen2-VL template) plus the processor's
+image-pad expansion produce:
+
+  <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|>*n<|vision_end|>{user}
+  <|im_end|>\n<|im_start|>assistant\n[{assistant}<|im_end|>\n]
+
+Text pieces are tokenized separately around the special tokens, which gives the same ids as tokenizing the
+whole string (special tokens always split the text), without tokenizing thousands of pad strings.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  """A task prompt: the user text shown after the image and the answer format SFT targets use."""
+  user: str
+  answer: str  # "chain" | "globe" | "latlon"
+  system: str = DEFAULT_SYSTEM
+
+
+GEO_R_USER = (
+    "You are a geographic reasoning agent. Your task is to analyze a real-world image and predict its location "
+    "at exactly four levels of geographic granularity, using only the visual content of the image.\n"
+    "Levels of Required Output:\n1. Country\n2. State / Administrative Region\n3. City or Place\n"
+    "4. Coordinates (latitude, longitude)\n"
+    "Answer in the form: Country: ... / State: ... / City: ... / Coordinates: (latitude, longitude)")
+GLOBE_USER = (
+    "Where was this photo taken? Reason about the visual clues (landmarks, signs, vegetation, architecture, "
+    "roads) inside <think></think>, then give the location inside <answer></answer> as\n"
+    "country: <country>\ncity: <city>")
+COORDS_USER = "Where was this photo taken? Answer with its coordinates as (latitude, longitude)."
+
+PROMPTS: dict[str, Prompt] = {
+    "geo_r": Prompt(GEO_R_USER, "chain"),
+    "globe": Prompt(GLOBE_USER, "globe"),
+    "coords": Prompt(COORDS_USER, "latlon"),
+}
+ANSWER_FORMATS = ("chain", "globe", "latlon")
+
+
+def get_prompt(name: str) -> Prompt:
+  if name not in PROMPTS:
+    raise ValueError(f"unknown prompt {name!r}; known: {sorted(PROMPTS)}")
+  return PROMPTS[name]
+
+
+def format_latlon(lat: float, lon: float, decimals: int = 4) -> str:
+  return f"({lat:.{decimals}f}, {lon:.{decimals}f})"
+
+
+def answer_text(record: Mapping[str, Any], fmt: str, decimals: int = 4) -> str:
+  """The target answer of an example record in one of ANSWER_FORMATS.
+
+  chain: the record's Chain-of-Region `label` (built from its coordinates when absent).
+  globe: `<think>{reasoning}</think><answer>country: X\\ncity: Y</answer>`.
+  latlon: `(lat, lon)` with `decimals` digits.
+  """
+  if fmt == "chain":
+    label = record.get("label") or ""
+    if label:
+      return label
+    from geojax.geo import chain_of_region  # the geocoder loads lazily; most records carry their label
+    return chain_of_region(float(record["lat"]), float(record["lon"]))
+  if fmt == "globe":
+    reasoning = (record.get("reasoning") or "").strip()
+    return f"<think>{reasoning}</think><answer>country: {record.get('country', '')}\ncity: {record.get('city', '')}</answer>"
+  if fmt == "latlon":
+    return format_latlon(float(record["lat"]), float(record["lon"]), decimals)
+  raise ValueError(f"unknown answer format {fmt!r}; known: {ANSWER_FORMATS}")
+
+
+def image_token_count(grid_thw, merge_size: int = 2) -> int:
+  """Number of <|image_pad|> tokens for an image grid: t * h * w / merge_size**2."""
+  t, h, w = (int(x) for x in grid_thw)
+  return t * h * w // (merge_size * merge_size)
+
+
+def encode_chat_parts(tokenizer, system: str | None, user: str, image_tokens: int,
+                      assistant: str | None = None) -> tuple[list[int], list[int]]:
+  """(prompt ids ending in `<|im_start|>assistant\\n`, answer ids = assistant text + `<|im_end|>`).
+
+  The answer part is what SFT predicts; it is empty when `assistant` is None.
+  """
+  enc = tokenizer.encode
+  nl = enc("\n")
+  system = DEFAULT_SYSTEM if system is None else system
+  ids = [tokenizer.im_start_id] + enc("system\n" + system) + [tokenizer.im_end_id] + nl
+  ids += [tokenizer.im_start_id] + enc("user\n")
+  if image_tokens > 0:
+    ids += [tokenizer.vision_start_id] + [tokenizer.image_pad_id] * image_tokens + [tokenizer.vision_end_id]
+  ids += enc(user) + [tokenizer.im_end_id] + nl + [tokenizer.im_start_id] + enc("assistant\n")
+  answer = [] if assistant is None else enc(assistant) + [tokenizer.im_end_id]
+  return ids, answer
+
+
+def encode_chat(tokenizer, system: str | None, user: str, image_tokens: int, assistant: str | None = None) -> list[int]:
+  """Ids of a one-image chat, as `apply_chat_template` + image-pad expansion give them.
+
+  Without `assistant` the ids end with the generation prompt `<|im_start|>assistant\\n`; with it they end with
+  `{assistant}<|im_end|>\\n` (the template's rendering of a finished turn).
+  """
+  prompt, answer = encode_chat_parts(tokenizer, system, user, image_tokens, assistant)
+  return prompt + (answer + tokenizer.encode("\n") if assistant is not None else [])
+
+
+def chat_text(system: str | None, user: str, image_tokens: int, assistant: str | None = None) -> str:
+  """The same chat as a string (for logs and for tokenizers outside geojax)."""
+  system = DEFAULT_SYSTEM if system is None else system
+  image = f"<|vision_start|>{'<|image_pad|>' * image_tokens}<|vision_end|>" if image_tokens > 0 else ""
+  text = (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{image}{user}<|im_end|>\n"
+          "<|im_start|>assistant\n")
+  return text if assistant is None else text + f"{assistant}<|im_end|>\n"
