@@ -1,5 +1,6 @@
 """Great-circle distance on a spherical Earth, accurate in float32 from metres to antipodes."""
 import jax.numpy as jnp
+import numpy as np
 
 EARTH_RADIUS_KM = 6371.0
 
@@ -29,3 +30,14 @@ def haversine_km(lat1, lon1, lat2, lon2) -> jnp.ndarray:
   a = jnp.sin(0.5 * dlat * _DEG) ** 2 + cos_prod * sin_half_dlon ** 2
   b = jnp.sin(0.5 * (lat1 + lat2) * _DEG) ** 2 + cos_prod * cos_half_dlon ** 2
   return 2.0 * EARTH_RADIUS_KM * jnp.arctan2(jnp.sqrt(a), jnp.sqrt(b))
+
+
+def haversine_km_np(lat1, lon1, lat2, lon2) -> np.ndarray:
+  """float64 numpy twin of `haversine_km` (host-side metrics and references)."""
+  lat1, lon1, lat2, lon2 = (np.asarray(x, np.float64) for x in (lat1, lon1, lat2, lon2))
+  rad = np.pi / 180.0
+  cos_prod = np.sin((90.0 - np.abs(lat1)) * rad) * np.sin((90.0 - np.abs(lat2)) * rad)
+  half_dlon = 0.5 * (lon2 - lon1) * rad
+  a = np.sin(0.5 * (lat2 - lat1) * rad) ** 2 + cos_prod * np.sin(half_dlon) ** 2
+  b = np.sin(0.5 * (lat1 + lat2) * rad) ** 2 + cos_prod * np.cos(half_dlon) ** 2
+  return 2.0 * EARTH_RADIUS_KM * np.arctan2(np.sqrt(a), np.sqrt(b))

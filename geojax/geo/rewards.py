@@ -1,0 +1,235 @@
+"""Rewards of Geo-R and GLOBE (plus a hierarchy and an exponential distance reward) as batched jnp functions.
+
+Every reward takes `batch`, a mapping of jnp arrays built by `reward_batch` (parsed answer + targets), and
+keyword parameters, and returns float32 [B]. Malformed answers score 0. `score` is what the trainer calls.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from geojax.geo.distance import haversine_km
+from geojax.geo.parse import ParsedAnswers, parse_answers
+
+MAX_DISTANCE_KM = 20000.0
+GLOBE_NAME_RATIO = 0.7
+GEOSCORE_TAU_KM = 1492.7
+
+
+@dataclasses.dataclass
+class GeoTargets:
+  """Ground truth per example: coordinate, level names and ids (from the coordinate's nearest city), clues."""
+  lat: np.ndarray  # float32 [B]
+  lon: np.ndarray
+  country: list  # names (GLOBE's accuracy compares these strings)
+  admin1: list
+  city: list
+  country_id: np.ndarray  # int32 [B]
+  admin1_id: np.ndarray
+  city_id: np.ndarray  # gazetteer row of the nearest city
+  clues: list  # list[str] per example
+
+  def __len__(self) -> int:
+    return len(self.lat)
+
+  @classmethod
+  def from_coordinates(cls, lat, lon, gaz=None, clues=None, country=None, admin1=None, city=None) -> "GeoTargets":
+    """Targets from coordinates by reverse geocoding; names given explicitly (a dataset's own labels)
+    replace the gazetteer's where non-empty."""
+    from geojax.geo.chain import levels_of_row
+    if gaz is None:
+      from geojax.geo.gazetteer import Gazetteer
+      gaz = Gazetteer.load()
+    lat = np.atleast_1d(np.asarray(lat, np.float32))
+    lon = np.atleast_1d(np.asarray(lon, np.float32))
+    rows = gaz.nearest_np(lat, lon).astype(np.int32)
+    levels = [levels_of_row(gaz, int(r)) for r in rows]
+    given = {"country": country, "admin1": admin1, "city": city}
+    names = {}
+    for k, key in enumerate(("country", "admin1", "city")):
+      names[key] = [lv[k] for lv in levels]
+      if given[key] is not None:
+        names[key] = [str(g) if isinstance(g, str) and g.strip() else d for g, d in zip(given[key], names[key])]
+    return cls(lat=lat, lon=lon, country=names["country"], admin1=names["admin1"], city=names["city"],
+               country_id=gaz.country_id[rows].astype(np.int32), admin1_id=gaz.admin1_id[rows].astype(np.int32),
+               city_id=rows, clues=[list(c or []) for c in (clues if clues is not None else [[]] * len(lat))])
+
+
+# ---------------------------------------------------------------------------------------------- host-side parts
+def globe_name_match(pred: str, truth: str, ratio: float = GLOBE_NAME_RATIO) -> bool:
+  """GLOBE: one name is a case-insensitive substring of the other and len(short) / len(long) >= ratio."""
+  if not isinstance(pred, str) or not isinstance(truth, str):
+    return False
+  a, b = pred.strip().lower(), truth.strip().lower()
+  if not a or not b:
+    return False
+  short, long = sorted((a, b), key=len)
+  return short in long and len(short) / len(long) >= ratio
+
+
+def visual_fraction(think: str, clues: Sequence[str]) -> float:
+  """GLOBE visual match: fraction of the clue entities that appear (case-insensitively) in the reasoning."""
+  clues = [c.strip().lower() for c in clues if isinstance(c, str) and c.strip()]
+  if not clues or not isinstance(think, str):
+    return 0.0
+  text = think.lower()
+  return sum(c in text for c in clues) / len(clues)
+
+
+def reward_batch(parsed: ParsedAnswers, targets: GeoTargets) -> dict[str, jnp.ndarray]:
+  """The arrays every reward reads (host string matching done here, once)."""
+  n = len(parsed)
+  return {
+    "pred_lat": jnp.asarray(np.nan_to_num(parsed.lat), jnp.float32),
+    "pred_lon": jnp.asarray(np.nan_to_num(parsed.lon), jnp.float32),
+    "coord_valid": jnp.asarray(parsed.coord_valid),
+    "coord_from_text": jnp.asarray(parsed.coord_from_text),
+    "n_coords": jnp.asarray(parsed.n_coords),
+    "format_ok": jnp.asarray(parsed.format_ok),
+    "globe_format_ok": jnp.asarray(parsed.globe_format_ok),
+    "pred_country_id": jnp.asarray(parsed.country_id),
+    "pred_admin1_id": jnp.asarray(parsed.admin1_id),
+    "pred_city_id": jnp.asarray(parsed.city_id),
+    "country_match": jnp.asarray([globe_name_match(parsed.country[i], targets.country[i]) for i in range(n)], bool),
+    "city_match": jnp.asarray([globe_name_match(parsed.city[i], targets.city[i]) for i in range(n)], bool),
+    "visual_frac": jnp.asarray([visual_fraction(parsed.think[i], targets.clues[i]) for i in range(n)], jnp.float32),
+    "true_lat": jnp.asarray(targets.lat, jnp.float32),
+    "true_lon": jnp.asarray(targets.lon, jnp.float32),
+    "true_country_id": jnp.asarray(targets.country_id),
+    "true_admin1_id": jnp.asarray(targets.admin1_id),
+    "true_city_id": jnp.asarray(targets.city_id),
+  }
+
+
+# -------------------------------------------------------------------------------------------------- jnp rewards
+def _distance(batch) -> jnp.ndarray:
+  return haversine_km(batch["pred_lat"], batch["pred_lon"], batch["true_lat"], batch["true_lon"])
+
+
+def piecewise_distance_reward(d: jnp.ndarray, first_km: float = 750.0, second_km: float = 3000.0,
+                              last_km: float = MAX_DISTANCE_KM) -> jnp.ndarray:
+  """Geo-R: linear 1 -> 0.5 over [0, first], 0.5 -> 0.2 over [first, second], 0.2 -> 0 over [second, last]."""
+  r = jnp.interp(d, jnp.array([0.0, first_km, second_km, last_km]), jnp.array([1.0, 0.5, 0.2, 0.0]))
+  return jnp.where(d <= last_km, r, 0.0).astype(jnp.float32)
+
+
+def geo_r_distance(batch, first_km: float = 750.0, second_km: float = 3000.0) -> jnp.ndarray:
+  """Geo-R distance reward, released-code breakpoints (750 / 3000 km); 0 without a valid coordinate."""
+  return jnp.where(batch["coord_valid"], piecewise_distance_reward(_distance(batch), first_km, second_km), 0.0)
+
+
+def geo_r_distance_paper(batch, first_km: float = 750.0, second_km: float = 2500.0) -> jnp.ndarray:
+  """Geo-R distance reward, paper breakpoints (750 / 2500 km)."""
+  return geo_r_distance(batch, first_km, second_km)
+
+
+def geo_r_format(batch) -> jnp.ndarray:
+  """1 iff the answer holds exactly one '(lat, lon)' pair (the paper's rule; the release's regex for four
+  integers, which never matches a coordinate, is deliberately not reproduced)."""
+  return (batch["n_coords"] == 1).astype(jnp.float32)
+
+
+def globe_accuracy(batch) -> jnp.ndarray:
+  """GLOBE: 1.0 when city and country names match, 0.2 when only the country does, else 0."""
+  country, city = batch["country_match"], batch["city_match"]
+  return jnp.where(country & city, 1.0, jnp.where(country, 0.2, 0.0)).astype(jnp.float32)
+
+
+def globe_visual(batch) -> jnp.ndarray:
+  """GLOBE: fraction of the example's clue entities named in the reasoning."""
+  return batch["visual_frac"].astype(jnp.float32)
+
+
+def globe_format(batch) -> jnp.ndarray:
+  """GLOBE: 1 iff the completion matches ^<think>.*?</think>\\s*<answer>.*?</answer>$ (DOTALL)."""
+  return batch["globe_format_ok"].astype(jnp.float32)
+
+
+def exp_distance(batch, tau_km: float = GEOSCORE_TAU_KM) -> jnp.ndarray:
+  """exp(-d / tau): GeoScore / 5000 at the default tau."""
+  return jnp.where(batch["coord_valid"], jnp.exp(-_distance(batch) / tau_km), 0.0).astype(jnp.float32)
+
+
+def hierarchy(batch, gaz=None, consistency_weight: float = 0.25) -> jnp.ndarray:
+  """Levels of the predicted coordinate (its nearest city) against the truth, plus text/coordinate agreement.
+
+  levels = mean of [country ok, state ok, city ok] (state ids are per country, city = same name and state);
+  consistency = fraction of the levels named in the text that the coordinate's nearest city agrees with
+  (0 when nothing is named). Reward = (1 - w) levels + w consistency; 0 without a valid coordinate.
+  """
+  if gaz is None:
+    from geojax.geo.gazetteer import Gazetteer
+    gaz = Gazetteer.load()
+  row = gaz.nearest(batch["pred_lat"], batch["pred_lon"])
+  country_of = jnp.asarray(gaz.country_id)
+  admin1_of = jnp.asarray(gaz.admin1_id)
+  city_key = jnp.asarray(gaz.city_key)
+  country = country_of[row]
+  admin1 = admin1_of[row]
+  city = city_key[row]
+  levels = ((country == batch["true_country_id"]).astype(jnp.float32)
+            + (admin1 == batch["true_admin1_id"]).astype(jnp.float32)
+            + (city == city_key[batch["true_city_id"]]).astype(jnp.float32)) / 3.0
+  named = [(batch["pred_country_id"], country, None), (batch["pred_admin1_id"], admin1, None),
+           (batch["pred_city_id"], city, city_key)]
+  agree = jnp.zeros_like(levels)
+  count = jnp.zeros_like(levels)
+  for named_id, coord_id, key in named:
+    is_named = named_id >= 0
+    named_value = key[jnp.maximum(named_id, 0)] if key is not None else named_id
+    agree = agree + jnp.where(is_named & (named_value == coord_id), 1.0, 0.0)
+    count = count + is_named.astype(jnp.float32)
+  consistency = jnp.where(count > 0, agree / jnp.maximum(count, 1.0), 0.0)
+  total = (1.0 - consistency_weight) * levels + consistency_weight * consistency
+  return jnp.where(batch["coord_valid"], total, 0.0).astype(jnp.float32)
+
+
+REWARDS: dict[str, Callable[..., jnp.ndarray]] = {
+  "geo_r_distance": geo_r_distance,
+  "geo_r_distance_paper": geo_r_distance_paper,
+  "geo_r_format": geo_r_format,
+  "globe_accuracy": globe_accuracy,
+  "globe_visual": globe_visual,
+  "globe_format": globe_format,
+  "hierarchy": hierarchy,
+  "exp_distance": exp_distance,
+}
+_NEEDS_GAZETTEER = {"hierarchy"}
+
+
+def score(completions: Sequence[str], targets: GeoTargets, weights: Mapping[str, float], fmt: str = "auto",
+          combine: str = "sum", gaz=None, params: Mapping[str, Mapping] | None = None):
+  """Rewards of a batch of completions.
+
+  weights: reward name -> weight (names from REWARDS; zero weights are skipped).
+  combine: 'sum' -> sum_i w_i r_i (GLOBE, Geo-R code); 'product' -> prod_i w_i r_i (Geo-R paper:
+  distance x format). params: per-reward keyword arguments, e.g. {'exp_distance': {'tau_km': 500}}.
+  Returns (total float32 [B], {name: float32 [B]}) as numpy arrays.
+  """
+  unknown = sorted(set(weights) - set(REWARDS))
+  if unknown:
+    raise KeyError(f"unknown reward(s) {unknown}; known: {sorted(REWARDS)}")
+  if combine not in ("sum", "product"):
+    raise ValueError(f"combine must be 'sum' or 'product', got {combine!r}")
+  if len(completions) != len(targets):
+    raise ValueError(f"{len(completions)} completions for {len(targets)} targets")
+  if gaz is None:
+    from geojax.geo.gazetteer import Gazetteer
+    gaz = Gazetteer.load()
+  batch = reward_batch(parse_answers(completions, fmt, gaz), targets)
+  params = params or {}
+  per_reward = {}
+  total = np.zeros(len(completions), np.float32) if combine == "sum" else np.ones(len(completions), np.float32)
+  for name, weight in weights.items():
+    if not weight:
+      continue
+    kwargs = dict(params.get(name, {}))
+    if name in _NEEDS_GAZETTEER:
+      kwargs.setdefault("gaz", gaz)
+    value = np.asarray(REWARDS[name](batch, **kwargs), np.float32)
+    per_reward[name] = value
+    total = total + weight * value if combine == "sum" else total * (weight * value)
+  return total.astype(np.float32), per_reward
