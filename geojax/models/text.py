@@ -1,0 +1,135 @@
+"""The Qwen2 language decoder with multimodal rotary positions (M-RoPE) and a static-shape KV cache."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from geojax.models.config import TextConfig
+from geojax.models.layers import Dense, Embed, RMSNorm, apply_rotary, inverse_frequencies, masked_attention
+from geojax.models.sharding import shard
+
+REMAT = {
+    "full": None,  # jax.checkpoint's default: save nothing, recompute the whole block
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
+  """cos/sin [B, L, head_dim] float32 from positions [3, B, L]: frequency band i uses the temporal, height or
+  width position according to `mrope_section` (as transformers' Qwen2VLRotaryEmbedding)."""
+  inv_freq = jnp.asarray(inverse_frequencies(cfg.head_dim, cfg.rope_theta))
+  axis_of_band = jnp.asarray(sum(([i % 3] * s for i, s in enumerate(cfg.mrope_section)), []))
+  pos = positions.astype(jnp.float32)[axis_of_band]  # [head_dim/2, B, L]
+  angles = jnp.moveaxis(pos, 0, -1) * inv_freq
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q_proj = Dense((d,), (h, hd), ("embed", "heads", "head_dim"), bias=True, **kw)
+    self.k_proj = Dense((d,), (kv, hd), ("embed", "kv_heads", "head_dim"), bias=True, **kw)
+    self.v_proj = Dense((d,), (kv, hd), ("embed", "kv_heads", "head_dim"), bias=True, **kw)
+    self.o_proj = Dense((h, hd), (d,), ("heads", "head_dim", "embed"), bias=False, **kw)
+
+  def __call__(self, x, cos, sin, mask, cache_kv=None, cache_index=None):
+    """x [B, L, D]; mask [B, L, Lk]. Without a cache Lk = L. With cache_kv = (k, v) [B, T, KV, hd], the new
+    keys are written at cache_index and attention runs over the whole cache (Lk = T)."""
+    q = apply_rotary(self.q_proj(x), cos, sin)
+    k = apply_rotary(self.k_proj(x), cos, sin)
+    v = self.v_proj(x)
+    if cache_kv is not None:
+      ck, cv = cache_kv
+      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+      k, v = shard(k, ("batch", "cache_length", "kv_heads", "head_dim")), shard(v, ("batch", "cache_length", "kv_heads", "head_dim"))
+    out = masked_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+    return self.o_proj(out), (k, v)
+
+
+class MLP(nnx.Module):
+  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    d, m = cfg.hidden_size, cfg.intermediate_size
+    kw = dict(bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gate_proj = Dense((d,), (m,), ("embed", "mlp"), **kw)
+    self.up_proj = Dense((d,), (m,), ("embed", "mlp"), **kw)
+    self.down_proj = Dense((m,), (d,), ("mlp", "embed"), **kw)
+
+  def __call__(self, x):
+    h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+    return self.down_proj(shard(h, ("batch", "length", "act_mlp")))
+
+
+class DecoderLayer(nnx.Module):
+  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+    self.self_attn = Attention(cfg, rngs=rngs, **kw)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+    self.mlp = MLP(cfg, rngs=rngs, **kw)
+
+  def __call__(self, x, cos, sin, mask, cache_kv=None, cache_index=None):
+    attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv, cache_index)
+    x = x + attn
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return shard(x, ("batch", "length", "act_embed")), kv
+
+
+def _run_layer(layer, x, cos, sin, mask):
+  return layer(x, cos, sin, mask)[0]
+
+
+class TextDecoder(nnx.Module):
+  """Embedding, decoder layers, final norm and LM head (or the tied embedding)."""
+
+  def __init__(self, cfg: TextConfig, *, remat_policy: str = "none", dtype, param_dtype, rngs: nnx.Rngs):
+    self.cfg, self.dtype, self.remat_policy = cfg, dtype, remat_policy
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, **kw)
+    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, **kw) for _ in range(cfg.num_layers)])
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+    self.lm_head = None if cfg.tie_word_embeddings else Dense(
+        (cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab"), bias=False, rngs=rngs, **kw)
+
+  def __call__(self, x: jax.Array, positions: jax.Array, key_valid: jax.Array) -> jax.Array:
+    """Final normed hidden states [B, L, D] for embeddings x [B, L, D], positions [3, B, L], key_valid [B, L]."""
+    length = x.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    mask = causal[None] & key_valid[:, None, :].astype(bool)
+    cos, sin = mrope_cos_sin(positions, self.cfg)
+    run = _run_layer
+    if self.remat_policy != "none":
+      run = nnx.remat(_run_layer, policy=REMAT[self.remat_policy], prevent_cse=True)
+    x = shard(x, ("batch", "length", "act_embed"))
+    for layer in self.layers:
+      x = run(layer, x, cos, sin, mask)
+    return self.norm(x)
+
+  def cached(self, x, positions, mask, cache_k, cache_v, cache_index):
+    """One pass over new tokens x [B, S, D] that reads and writes the KV cache; returns (hidden, ks, vs)."""
+    cos, sin = mrope_cos_sin(positions, self.cfg)
+    new_k, new_v = [], []
+    for layer, ck, cv in zip(self.layers, cache_k, cache_v):
+      x, (k, v) = layer(x, cos, sin, mask, (ck, cv), cache_index)
+      new_k.append(k)
+      new_v.append(v)
+    return self.norm(x), tuple(new_k), tuple(new_v)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """float32 logits [..., V] of final hidden states."""
+    if self.lm_head is None:
+      out = self.embed_tokens.attend(hidden)
+    else:
+      out = jnp.einsum("...d,dv->...v", hidden.astype(self.dtype), self.lm_head.kernel[...].astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+    return out
+
+  def output_matrix(self) -> jax.Array:
+    """[D, V] output projection (the transposed embedding when tied), for chunked log-prob computation."""
+    if self.lm_head is None:
+      return self.embed_tokens.embedding[...].T
+    return self.lm_head.kernel[...]
