@@ -1,0 +1,108 @@
+"""Next-token choice from logits: temperature, then top-k, then top-p, then a draw (transformers' order).
+
+All functions are pure and jit-able; the sampling settings are Python values (static under jit), so a change of
+settings is a new compile, not a traced branch.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class SamplingSettings(NamedTuple):
+  """How the next token is chosen. `temperature == 0` means greedy (argmax of the raw logits)."""
+  temperature: float = 1.0
+  top_k: int | None = None
+  top_p: float | None = None
+
+  @property
+  def greedy(self) -> bool:
+    return self.temperature == 0.0
+
+  def check(self, vocab_size: int) -> "SamplingSettings":
+    """Validates and normalizes (top_k 0/None/>=vocab means off, top_p >= 1 or None means off)."""
+    if self.temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    top_k = self.top_k
+    if top_k is not None and top_k < 0:
+      raise ValueError(f"top_k must be >= 0 (0 or None turns it off), got {top_k}")
+    if top_k is not None and (top_k == 0 or top_k >= vocab_size):
+      top_k = None
+    top_p = self.top_p
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_p is not None and top_p >= 1.0:
+      top_p = None
+    return SamplingSettings(float(self.temperature), None if top_k is None else int(top_k),
+                            None if top_p is None else float(top_p))
+
+
+class Choice(NamedTuple):
+  """A chosen token per row and its log-probabilities."""
+  token: jax.Array            # int32 [B]
+  logprob: jax.Array          # float32 [B]: log softmax of the raw (unscaled, unfiltered) logits: the policy's.
+  sampling_logprob: jax.Array  # float32 [B]: under the distribution actually sampled (scaled and filtered);
+  #                              0 for greedy, where that distribution is a point mass.
+
+
+def _top_p_keep(sorted_logits: jax.Array, top_p: float) -> jax.Array:
+  """Keep mask over logits sorted in descending order: a token stays while the mass strictly above it < top_p.
+
+  Same rule as transformers' TopPLogitsWarper (which removes ascending-cumulative mass <= 1 - top_p); the most
+  likely token is always kept.
+  """
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  mass_above = jnp.cumsum(probs, axis=-1) - probs
+  keep = mass_above < top_p
+  return keep.at[..., 0].set(True)
+
+
+def filtered_candidates(logits: jax.Array, settings: SamplingSettings) -> tuple[jax.Array, jax.Array | None]:
+  """Scaled and filtered logits to sample from.
+
+  Returns (candidate_logits [B, C], candidate_ids [B, C] or None). With no top-k/top-p the candidates are the whole
+  vocabulary in order (ids None). Otherwise they are the top-C scaled logits in descending order, with -inf where
+  filtered, and their vocabulary ids; C = top_k, or the vocabulary for top-p alone. Ties at the k-th value are
+  broken by index (transformers keeps all tied tokens; with float logits ties are measure-zero).
+  """
+  scaled = logits.astype(jnp.float32)
+  if settings.temperature != 1.0:
+    scaled = scaled / settings.temperature
+  if settings.top_k is None and settings.top_p is None:
+    return scaled, None
+  k = settings.top_k if settings.top_k is not None else scaled.shape[-1]
+  values, ids = jax.lax.top_k(scaled, k)
+  if settings.top_p is not None:
+    values = jnp.where(_top_p_keep(values, settings.top_p), values, -jnp.inf)
+  return values, ids
+
+
+def choose(logits: jax.Array, key: jax.Array, settings: SamplingSettings) -> Choice:
+  """Picks the next token for each row of logits [B, V] (greedy when settings.temperature == 0)."""
+  logits = logits.astype(jnp.float32)
+  policy_logprobs = jax.nn.log_softmax(logits, axis=-1)
+  if settings.greedy:
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logprob = jnp.take_along_axis(policy_logprobs, token[:, None], axis=-1)[:, 0]
+    return Choice(token, logprob, jnp.zeros_like(logprob))
+  candidates, ids = filtered_candidates(logits, settings)
+  slot = jax.random.categorical(key, candidates, axis=-1).astype(jnp.int32)
+  sampling_logprob = jnp.take_along_axis(jax.nn.log_softmax(candidates, axis=-1), slot[:, None], axis=-1)[:, 0]
+  token = slot if ids is None else jnp.take_along_axis(ids, slot[:, None], axis=-1)[:, 0].astype(jnp.int32)
+  logprob = jnp.take_along_axis(policy_logprobs, token[:, None], axis=-1)[:, 0]
+  return Choice(token, logprob, sampling_logprob)
+
+
+def filtered_probs(logits: jax.Array, settings: SamplingSettings) -> jax.Array:
+  """The full-vocabulary distribution `choose` samples from, [B, V] (one-hot argmax when greedy). For tests."""
+  logits = logits.astype(jnp.float32)
+  if settings.greedy:
+    return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+  candidates, ids = filtered_candidates(logits, settings)
+  probs = jax.nn.softmax(candidates, axis=-1)
+  if ids is None:
+    return probs
+  rows = jnp.arange(logits.shape[0])[:, None]
+  return jnp.zeros_like(logits).at[rows, ids].set(probs)
