@@ -1,0 +1,1 @@
+"""Cloud TPU launch scripts (gcloud wrappers); run as `python -m tpu.pod`."""
