@@ -96,6 +96,19 @@ def normalize(text) -> str:
   return _NON_ALNUM.sub(" ", text).strip()
 
 
+_GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss"})
+
+
+def keys(text) -> list[str]:
+  """Normalized lookup keys of a name: plain accent folding, then GeoNames' German-style transliteration
+  ('Malmö' -> 'malmo', 'malmoe')."""
+  first = normalize(text)
+  if not isinstance(text, str):
+    return [first]
+  second = normalize(text.translate(_GERMAN))
+  return [first, second] if second != first else [first]
+
+
 def strip_words(normalized: str, words: set[str]) -> str:
   """Drops decorating words ('biei town' -> 'biei'); returns the input when nothing would be left."""
   kept = [w for w in normalized.split() if w not in words]

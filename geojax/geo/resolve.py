@@ -107,18 +107,24 @@ def _parts(text) -> list[str]:
 
 def resolve_country(t: Lookups, text) -> int:
   for part in _parts(text)[:1] + _parts(text)[1:][::-1]:  # whole text, then the last part first
-    key = names.normalize(part)
-    for variant in names.name_variants(key):
-      if variant in t.country:
-        return t.country[variant]
+    for key in names.keys(part):
+      for variant in names.name_variants(key):
+        if variant in t.country:
+          return t.country[variant]
   return -1
 
 
 def resolve_admin1(t: Lookups, text, country: int = -1) -> int:
   for part in _parts(text):
-    key = names.normalize(part)
-    if not key:
-      continue
+    for key in names.keys(part):
+      found = _resolve_admin1_key(t, key, country)
+      if found >= 0:
+        return found
+  return -1
+
+
+def _resolve_admin1_key(t: Lookups, key: str, country: int) -> int:
+  if key:
     if country in (-1, t.us_country) and key in names.US_STATES and t.us_country >= 0:
       key_us = names.normalize(names.US_STATES[key])
       ids = [i for i in t.admin1.get(key_us, []) if t.country_of_admin1[i] == t.us_country]
@@ -147,17 +153,18 @@ def _city_rows(t: Lookups, key: str) -> np.ndarray | None:
 
 def resolve_city(t: Lookups, text, country: int = -1, admin1: int = -1) -> int:
   for part in _parts(text):
-    rows = _city_rows(t, names.normalize(part))
-    if rows is None:
-      continue
-    if admin1 >= 0:
-      in_admin1 = rows[t.admin1_of_row[rows] == admin1]
-      if len(in_admin1):
-        return int(in_admin1[0])
-    if country >= 0:
-      rows = rows[t.country_of_row[rows] == country]
-    if len(rows):
-      return int(rows[0])
+    for key in names.keys(part):
+      rows = _city_rows(t, key)
+      if rows is None:
+        continue
+      if admin1 >= 0:
+        in_admin1 = rows[t.admin1_of_row[rows] == admin1]
+        if len(in_admin1):
+          return int(in_admin1[0])
+      if country >= 0:
+        rows = rows[t.country_of_row[rows] == country]
+      if len(rows):
+        return int(rows[0])
   return -1
 
 

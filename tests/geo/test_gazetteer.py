@@ -7,6 +7,9 @@ import reverse_geocoder
 
 from geojax.geo import Gazetteer
 
+# reverse_geocoder mode 2 forks worker processes; they only run scipy, so the JAX fork warning is moot.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+
 
 def test_load_is_cached_and_complete(gaz):
   assert Gazetteer.load() is gaz
