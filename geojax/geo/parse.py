@@ -80,7 +80,8 @@ def _parse_one(text: str, fmt: str) -> dict:
     fmt = _detect(text)
   if fmt == "globe":
     out["ok"] = out["globe_ok"]
-    out["think"] = _first(_THINK_RE, text)
+    think = _THINK_RE.search(text)
+    out["think"] = think.group(1).strip() if think else ""
     answers = _ANSWER_RE.findall(text)
     body = answers[-1] if answers else ""
     out["country"] = _first(_GLOBE_FIELD_RE["country"], body)
