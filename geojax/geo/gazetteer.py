@@ -10,6 +10,7 @@ import os
 import pathlib
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.spatial import cKDTree
@@ -196,7 +197,9 @@ class Gazetteer:
   # ---- nearest city ----
   def device_index(self) -> dict:
     if self._device_index is None:
-      self._device_index = spatial_index.to_device(self.index)
+      # Concrete arrays even when first called under jit (a traced cache would leak tracers).
+      with jax.ensure_compile_time_eval():
+        self._device_index = spatial_index.to_device(self.index)
     return self._device_index
 
   def nearest(self, lat, lon) -> jnp.ndarray:

@@ -85,6 +85,15 @@ def test_nearest_is_jittable_and_total(gaz):
   assert int(odd[3]) == int(gaz.nearest_np([0.0], [-180.0])[0])
 
 
+def test_first_nearest_call_under_jit():
+  from geojax.geo import gazetteer
+  fresh = Gazetteer(gazetteer._load_arrays())  # no device index yet
+  f = jax.jit(fresh.nearest)
+  first = f(jnp.array([35.6895]), jnp.array([139.6917]))
+  again = jax.jit(lambda a, b: fresh.nearest(a, b) + 0)(jnp.array([35.6895]), jnp.array([139.6917]))
+  assert int(first[0]) == int(again[0]) and fresh.name[int(first[0])] == "Tokyo"
+
+
 @pytest.mark.parametrize("lat, lon, city, cc", [
   (48.8566, 2.3522, "Paris", "FR"), (35.6895, 139.6917, "Tokyo", "JP"), (-33.8679, 151.2073, "Sydney", "AU"),
   (40.7128, -74.0060, "New York City", "US"), (-22.9028, -43.2075, "Rio de Janeiro", "BR")])
