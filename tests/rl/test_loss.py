@@ -112,6 +112,7 @@ def test_gradient_matches_finite_differences(kl):
   logp, old, ref, adv, mask = random_case(seed=7, batch=3, length=5)
   logp, old = clean_for_reference(logp, old)
   with jax.enable_x64(True):
+    @jax.jit
     def loss(x):
       return grpo_loss(x, jnp.asarray(old), jnp.asarray(ref), jnp.asarray(adv), jnp.asarray(mask), kl=kl,
                        agg="sequence-mean-token-mean", beta=0.3)[0]
