@@ -22,7 +22,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.runtime.coordinator_address = ""
   c.runtime.num_processes = 0
   c.runtime.process_id = -1
-  c.runtime.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: all remaining devices
+  c.runtime.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1: all remaining devices
   c.runtime.matmul_precision = "default"
 
   c.model = ml_collections.ConfigDict()
@@ -31,6 +31,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.tokenizer = "tiny"        # "tiny" | "qwen2" | a local HF dir; defaults to hf_path when that is set
   c.model.dtype = "float32"         # compute dtype
   c.model.param_dtype = "float32"
+  c.model.tiny = ml_collections.ConfigDict({"version": "qwen2_5_vl", "hidden_size": 128, "num_layers": 4,
+                                            "vision_depth": 2})  # sizes of preset "tiny"
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "builtin"         # builtin (built on first use into data.dir) | arrayrecord
@@ -43,6 +45,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.max_prompt_len = 128
   c.data.workers = 0                # Grain worker processes (0: in-process)
   c.data.min_pixels = 56 * 56
+  c.data.decimals = 2                # digits of the coordinates in answer texts
   c.data.max_pixels = 56 * 56
 
   c.sft = ml_collections.ConfigDict()

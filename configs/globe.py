@@ -24,7 +24,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.runtime.coordinator_address = ""
   c.runtime.num_processes = 0
   c.runtime.process_id = -1
-  c.runtime.mesh = ml_collections.ConfigDict({"data": 1, "model": -1})
+  c.runtime.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
   c.runtime.matmul_precision = "default"
 
   c.model = ml_collections.ConfigDict()
@@ -33,6 +33,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.tokenizer = ""
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "float32"
+  c.model.tiny = ml_collections.ConfigDict({"version": "qwen2_5_vl", "hidden_size": 128, "num_layers": 4,
+                                            "vision_depth": 2})  # sizes of preset "tiny"
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "arrayrecord"     # MP16-Reason records: reasoning text and clue entities per sample
@@ -45,6 +47,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.max_prompt_len = 512
   c.data.workers = 8
   c.data.min_pixels = 56 * 56
+  c.data.decimals = 4                # digits of the coordinates in answer texts
   c.data.max_pixels = 28 * 28 * 1280
 
   c.sft = ml_collections.ConfigDict()

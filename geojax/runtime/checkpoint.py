@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
@@ -56,10 +56,11 @@ def decode_data_state(raw: bytes) -> Any:
 
 
 class Checkpointer:
-  """Save / restore `(state pytree, data-iterator state, JSON record)` per step in `directory`.
+  """Save / restore `(named array pytrees, data-iterator state, JSON record)` per step in `directory`.
 
-  state: a pytree of jax arrays (params, optimizer state, step, RNG key data, ...); restored with the shardings
-  of the template passed to `restore`. data_state: the iterator's `get_state()` (or None). record: JSON-able.
+  items: named pytrees of jax arrays (e.g. "params", and "train" = optimizer state, step, RNG key data);
+  restored with the shardings of the templates passed to `restore`. data_state: the iterator's `get_state()`
+  (or None). record: JSON-able.
   """
 
   def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
@@ -75,27 +76,36 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_state: Any = None, record: dict | None = None) -> None:
-    """Starts saving `step`; returns once arrays are copied off the device (writing continues in background)."""
-    items = {"state": ocp.args.StandardSave(state),
-             "record": ocp.args.JsonSave(dict(record or {}, step=int(step)))}
-    if data_state is not None and _GrainSave is not None:
-      items["data"] = _GrainSave(_IteratorState(encode_data_state(data_state)))
-    self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+  def save(self, step: int, items: Mapping[str, Any], data_state: Any = None, record: dict | None = None) -> None:
+    """Starts saving `step`: each entry of `items` (a pytree of arrays) is a separately restorable item.
 
-  def restore(self, template: Any, step: int | None = None) -> tuple[Any, Any, dict]:
-    """Returns `(state, data_state or None, record)` of `step` (default: latest) shaped/sharded like template."""
+    Returns once arrays are copied off the device; writing continues in the background.
+    """
+    args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+    args["record"] = ocp.args.JsonSave(dict(record or {}, step=int(step)))
+    if data_state is not None and _GrainSave is not None:
+      args["data"] = _GrainSave(_IteratorState(encode_data_state(data_state)))
+    self._manager.save(int(step), args=ocp.args.Composite(**args), force=True)
+
+  def restore(self, templates: Mapping[str, Any], step: int | None = None,
+              data: bool = True) -> tuple[dict, Any, dict]:
+    """Returns `({name: tree}, data_state or None, record)` of `step` (default: latest).
+
+    Only the items named in `templates` are read, each shaped and sharded like its template (arrays or
+    jax.ShapeDtypeStruct with shardings), so evaluation can read the parameters without the optimizer state.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    items = {"state": ocp.args.StandardRestore(abstract), "record": ocp.args.JsonRestore()}
-    has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
-    if has_data and _GrainRestore is not None:
-      items["data"] = _GrainRestore(_IteratorState())
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    data_state = decode_data_state(restored["data"].state) if has_data and _GrainRestore is not None else None
-    return restored["state"], data_state, dict(restored["record"])
+    args = {name: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
+            for name, tree in templates.items()}
+    args["record"] = ocp.args.JsonRestore()
+    has_data = data and _GrainRestore is not None and os.path.isdir(os.path.join(self.directory, str(step), "data"))
+    if has_data:
+      args["data"] = _GrainRestore(_IteratorState())
+    restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+    data_state = decode_data_state(restored["data"].state) if has_data else None
+    return {name: restored[name] for name in templates}, data_state, dict(restored["record"])
 
   def wait(self) -> None:
     """Blocks until the background save (if any) is complete on disk."""

@@ -59,28 +59,39 @@ def make_mesh(axes: Mapping[str, int]) -> Mesh:
     sizes[sizes.index(-1)] = n_devices // known
   if int(np.prod(sizes)) != n_devices:
     raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, found {n_devices}")
-  return jax.make_mesh(tuple(sizes), names, devices=jax.devices())
+  return jax.make_mesh(tuple(sizes), names, axis_types=(jax.sharding.AxisType.Auto,) * len(names),
+                       devices=jax.devices())
 
 
-def put_global(tree, mesh: Mesh, spec_fn=None):
+def put_global(tree, mesh: Mesh, batch_axes: tuple[str, ...] = ("data", "fsdp")):
   """Places host numpy arrays that every process holds in full onto `mesh`.
 
-  Arrays are sharded on their leading axis over the mesh's first axis when it divides, else replicated;
-  `spec_fn(path, array) -> PartitionSpec` overrides. Works unchanged with one or many processes because each
-  process supplies only the slices its own devices hold.
+  Arrays are sharded on their leading axis over the mesh's `batch_axes` when that divides, else replicated.
+  Works unchanged with one or many processes: each process supplies only the slices its own devices hold.
   """
-  batch_axis = mesh.axis_names[0]
-  batch_size = mesh.shape[batch_axis]
+  axes = tuple(a for a in batch_axes if a in mesh.shape)
+  size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
 
-  def place(path, x):
+  def one(x):
     x = np.asarray(x)
-    if spec_fn is not None:
-      spec = spec_fn(path, x)
-    elif x.ndim and x.shape[0] % batch_size == 0:
-      spec = P(batch_axis)
-    else:
-      spec = P()
-    sharding = NamedSharding(mesh, spec)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    spec = P(axes if len(axes) > 1 else axes[0]) if axes and x.ndim and x.shape[0] % size == 0 else P()
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda index: x[index])
 
-  return jax.tree_util.tree_map_with_path(place, tree)
+  return jax.tree.map(one, tree)
+
+
+def place(tree, shardings):
+  """Puts a pytree that every process holds in full (host or single-device arrays) onto `shardings` (a
+  matching pytree of Shardings); each process copies only the slices of its own devices."""
+  def one(x, sharding):
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  return jax.tree.map(one, tree, shardings)
+
+
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-process sharded) array gathered in full onto this host as numpy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
