@@ -28,7 +28,7 @@ def grpo_loss(logprobs: jnp.ndarray, old_logprobs: jnp.ndarray | None, ref_logpr
     mask: [B, T] 1 on completion tokens, 0 on padding and after EOS. Values at masked positions are ignored,
       even inf or NaN.
     eps_low, eps_high: clip range of rho (DAPO's clip-higher uses eps_high > eps_low).
-    beta: weight of the KL penalty.
+    beta: weight of the KL penalty (a Python float, or an array under jit for a schedule).
     kl: KL estimator name, or None.
     agg: "token-mean", "sequence-mean-token-mean" (Geo-R, GLOBE) or "sequence-mean-token-sum-norm" (Dr. GRPO).
     max_len: the constant divisor of "sequence-mean-token-sum-norm" (default T).
@@ -43,10 +43,12 @@ def grpo_loss(logprobs: jnp.ndarray, old_logprobs: jnp.ndarray | None, ref_logpr
     raise ValueError(f"unknown KL estimator {kl!r}; expected one of {sorted(KL_ESTIMATORS)} or None")
   if agg not in AGGREGATIONS:
     raise ValueError(f"unknown loss aggregation {agg!r}; expected one of {sorted(AGGREGATIONS)}")
-  if eps_low < 0 or eps_high < 0:
+  # eps and beta may be traced (e.g. a beta schedule under jit); only Python numbers are checked here.
+  if any(isinstance(e, (int, float)) and e < 0 for e in (eps_low, eps_high)):
     raise ValueError(f"clip ranges must be >= 0, got eps_low={eps_low}, eps_high={eps_high}")
+  no_penalty = isinstance(beta, (int, float)) and beta == 0
   use_kl = kl is not None and ref_logprobs is not None
-  if kl is not None and beta != 0 and ref_logprobs is None:
+  if kl is not None and not no_penalty and ref_logprobs is None:
     raise ValueError(f"a KL penalty ({kl!r}, beta={beta}) needs ref_logprobs")
 
   dtype = jnp.promote_types(jnp.result_type(logprobs), jnp.float32)
@@ -71,7 +73,7 @@ def grpo_loss(logprobs: jnp.ndarray, old_logprobs: jnp.ndarray | None, ref_logpr
   per_token = pg_per_token
   if use_kl:
     kl_per_token = KL_ESTIMATORS[kl](logprobs, jax.lax.stop_gradient(clean(ref_logprobs)))
-    if beta != 0:
+    if not no_penalty:
       per_token = per_token + beta * kl_per_token
 
   aggregate = AGGREGATIONS[agg]

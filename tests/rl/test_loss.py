@@ -215,3 +215,18 @@ def test_registries_and_errors():
   with pytest.raises(ValueError, match="needs ref_logprobs"):
     grpo_loss(x, x, None, jnp.zeros(1), x, kl="k3", beta=0.1)
   grpo_loss(x, x, None, jnp.zeros(1), x, kl="k3", beta=0.0)  # no penalty: no reference needed
+
+
+def test_traced_beta_and_eps():
+  """A schedule may pass beta and the clip range as traced values."""
+  logp, old, ref, adv, mask = random_case(seed=13)
+  logp, old = clean_for_reference(logp, old)
+  args = [jnp.asarray(x, jnp.float32) for x in (logp, old, ref, adv, mask)]
+
+  @jax.jit
+  def loss_at(beta, eps):
+    return grpo_loss(*args, beta=beta, eps_low=eps, eps_high=eps, kl="k3")[0]
+
+  for beta, eps in [(0.0, 0.2), (0.04, 0.1)]:
+    expected = float(grpo_loss(*args, beta=beta, eps_low=eps, eps_high=eps, kl="k3")[0])
+    assert float(loss_at(jnp.float32(beta), jnp.float32(eps))) == pytest.approx(expected, rel=1e-6)
