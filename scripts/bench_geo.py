@@ -60,7 +60,7 @@ def main():
   agreement = (np.asarray(ours) == np.array([position[id(r)] for r in theirs])).mean()
   rows.append(("nearest city: reverse_geocoder.search(mode=2) vs gaz.nearest (jit, on device)",
                t_best, t_med, o_best, o_med))
-  rows.append(("nearest city: reverse_geocoder.search(mode=2) vs gaz.nearest_np (numpy in/out)",
+  rows.append(("nearest city: reverse_geocoder.search(mode=2) vs gaz.nearest_np (numpy twin, no JAX)",
                t_best, t_med, h_best, h_med))
   rows.append(("nearest city: reverse_geocoder k-d tree pquery (numpy in) vs gaz.nearest (jit)",
                p_best, p_med, o_best, o_med))

@@ -206,22 +206,19 @@ class Gazetteer:
     """Row of the nearest city (int32, jnp, jit-able), the same city reverse_geocoder returns."""
     return spatial_index.nearest_rows_jit(self.device_index(), lat, lon, depth=self.index.depth)
 
-  def nearest_np(self, lat, lon, chunk: int = 1 << 20) -> np.ndarray:
-    """Host convenience: `nearest` on numpy input, in fixed-size chunks (one compilation per chunk size)."""
-    lat = np.atleast_1d(np.asarray(lat, np.float32))
-    lon = np.atleast_1d(np.asarray(lon, np.float32))
+  def nearest_np(self, lat, lon, chunk: int = 1 << 16) -> np.ndarray:
+    """Host twin of `nearest` in numpy (no JAX: safe in data-loader worker processes), chunked to bound
+    memory. Same float32 arithmetic; it can differ from `nearest` only on float32 near-ties."""
+    lat = np.asarray(lat, np.float32)
+    lon = np.asarray(lon, np.float32)
     lat, lon = np.broadcast_arrays(lat, lon)
     flat_lat, flat_lon = lat.ravel(), lon.ravel()
-    n = len(flat_lat)
-    size = min(chunk, max(8, 1 << int(np.ceil(np.log2(max(n, 1))))))
-    out = np.empty(n, np.int32)
-    for start in range(0, n, size):
-      part_lat = np.zeros(size, np.float32)
-      part_lon = np.zeros(size, np.float32)
-      m = min(size, n - start)
-      part_lat[:m] = flat_lat[start:start + m]
-      part_lon[:m] = flat_lon[start:start + m]
-      out[start:start + m] = np.asarray(self.nearest(part_lat, part_lon))[:m]
+    arrays = spatial_index.host_arrays(self.index)
+    out = np.empty(flat_lat.shape, np.int32)
+    with np.errstate(invalid="ignore"):
+      for start in range(0, len(flat_lat), chunk):
+        part = slice(start, start + chunk)
+        out[part] = spatial_index.nearest_rows(arrays, flat_lat[part], flat_lon[part], self.index.depth, xp=np)
     return out.reshape(lat.shape)
 
   # ---- name resolution ----

@@ -168,31 +168,32 @@ def build(lat: np.ndarray, lon: np.ndarray, leaf_size: int = 16, dominance_limit
                       leaf_coords=leaf_coords, leaf_rows=leaf_rows, depth=depth)
 
 
-def nearest_rows(index: dict, lat, lon, depth: int) -> jnp.ndarray:
-  """Row of the nearest city for each query (jnp; `index` is `SpatialIndex.arrays()` as jnp arrays).
+def nearest_rows(index: dict, lat, lon, depth: int, xp=jnp):
+  """Row of the nearest city for each query (`index`: `SpatialIndex.arrays()` as arrays of module `xp`).
 
-  `depth` must be a Python int (the index's `depth`). Latitudes are clipped to [-90, 90]; longitudes outside
-  [-180, 180] are wrapped; NaN queries give an arbitrary valid row.
+  xp=jnp (default) is jit-able; xp=np runs the same float32 arithmetic on the host without JAX (data
+  workers). `depth` must be a Python int (the index's `depth`). Latitudes are clipped to [-90, 90];
+  longitudes outside [-180, 180] are wrapped into [-180, 180); NaN queries give an arbitrary valid row.
   """
-  lat = jnp.asarray(lat, jnp.float32)
-  lon = jnp.asarray(lon, jnp.float32)
-  lat = jnp.clip(jnp.nan_to_num(lat), -90.0, 90.0)
-  lon = jnp.nan_to_num(lon)
-  lon = jnp.where((lon < -180.0) | (lon > 180.0), jnp.mod(lon + 180.0, 360.0) - 180.0, lon)
-  scale = (1 << depth) / TOP_DEG
-  fy = jnp.clip(jnp.floor((lat + 90.0) * scale).astype(jnp.int32), 0, _N_ROWS * (1 << depth) - 1)
-  fx = jnp.clip(jnp.floor((lon + 180.0) * scale).astype(jnp.int32), 0, _N_COLS * (1 << depth) - 1)
+  lat = xp.asarray(lat, xp.float32)
+  lon = xp.asarray(lon, xp.float32)
+  lat = xp.clip(xp.nan_to_num(lat), -90.0, 90.0)
+  lon = xp.nan_to_num(lon)
+  lon = xp.where((lon < -180.0) | (lon > 180.0), xp.mod(lon + 180.0, 360.0) - 180.0, lon)
+  scale = float((1 << depth) / TOP_DEG)
+  fy = xp.clip(xp.floor((lat + 90.0) * scale).astype(xp.int32), 0, _N_ROWS * (1 << depth) - 1)
+  fx = xp.clip(xp.floor((lon + 180.0) * scale).astype(xp.int32), 0, _N_COLS * (1 << depth) - 1)
   node = index["top_node"][(fy >> depth) * _N_COLS + (fx >> depth)]
   child = index["node_child"][node]
   for level in range(depth):
     bit = depth - 1 - level
     quadrant = ((fy >> bit) & 1) * 2 + ((fx >> bit) & 1)
-    node = jnp.where(child >= 0, child + quadrant, node)
+    node = xp.where(child >= 0, child + quadrant, node)
     child = index["node_child"][node]
   leaf = ~child
   coords = index["leaf_coords"][leaf]  # [..., 2, K]
   d2 = (coords[..., 0, :] - lat[..., None]) ** 2 + (coords[..., 1, :] - lon[..., None]) ** 2
-  best = jnp.argmin(d2, axis=-1).astype(jnp.int32)
+  best = xp.argmin(d2, axis=-1).astype(xp.int32)
   width = index["leaf_rows"].shape[-1]
   return index["leaf_rows"].reshape(-1)[leaf * width + best]
 
@@ -201,4 +202,8 @@ def to_device(index: SpatialIndex) -> dict:
   return {k: jnp.asarray(v) for k, v in index.arrays().items() if k != "depth"}
 
 
-nearest_rows_jit = jax.jit(nearest_rows, static_argnames=("depth",))
+def host_arrays(index: SpatialIndex) -> dict:
+  return {k: v for k, v in index.arrays().items() if k != "depth"}
+
+
+nearest_rows_jit = jax.jit(nearest_rows, static_argnames=("depth", "xp"))
