@@ -6,12 +6,15 @@ Commands:
   create       a TPU VM (or, with --queued, a queued resource) of --accelerator_type and --runtime_version
   install      put the code on every host (--source=local: this checkout's committed HEAD via git archive;
                --source=git: clone --repo at --ref) and pip install -e '.[tpu]' into ~/geojax-venv
+  mount        mount the Cloud Storage bucket --bucket at ~/--mount_point on every host (gcsfuse), giving all
+               hosts one shared directory for checkpoints
   launch       start `python -m geojax.train --config=CONFIG` on all hosts at once, detached (nohup), each
                host logging to runs/RUN/logs/worker-<hostname>.log; arguments after `--` are config overrides
   status       the TPU's state and, per host, whether the run is alive plus its last log lines
   logs         copy every host's log into --local_dir
   tensorboard  serve TensorBoard from host 0 and forward it to localhost:--port
-  run          run the command after `--` on --worker hosts, in the code directory with the venv active
+  run          run the command after `--` on --worker hosts, in the code directory with the venv active (one
+               quoted argument is taken as a shell script, so `-- "a && b"` works)
   stop         stop the run started by `launch` (its process id is kept per host)
   delete       delete the TPU VM (or queued resource)
 
@@ -30,7 +33,7 @@ from typing import Sequence
 
 from absl import app, flags
 
-COMMANDS = ("create", "install", "launch", "status", "logs", "tensorboard", "run", "stop", "delete")
+COMMANDS = ("create", "install", "mount", "launch", "status", "logs", "tensorboard", "run", "stop", "delete")
 
 flags.DEFINE_string("name", None, "TPU VM name (the node id of a queued resource).")
 flags.DEFINE_string("zone", "", "Zone, e.g. us-central2-b; empty: gcloud's default (gcloud config set compute/zone).")
@@ -51,8 +54,10 @@ flags.DEFINE_string("venv", "geojax-venv", "Virtual environment on each host, re
 flags.DEFINE_string("config", "configs/geo_r.py", "Config file (path inside the code directory)[:variant].")
 flags.DEFINE_string("run_name", "", "Name of the run's log directory runs/RUN_NAME; default: the config's name.")
 flags.DEFINE_string("workdir", "", "--config.workdir of the run (checkpoints, TensorBoard); default runs/RUN_NAME "
-                    "on each host. For pods use a gs:// path that every host shares.")
+                    "on each host. Pods need a directory all hosts share: a path under the `mount` point.")
 flags.DEFINE_bool("distributed", True, "Pass --config.runtime.distributed=on (jax.distributed.initialize()).")
+flags.DEFINE_string("bucket", "", "Cloud Storage bucket for `mount`, e.g. gs://my-bucket.")
+flags.DEFINE_string("mount_point", "bucket", "Where `mount` mounts --bucket, relative to the home directory.")
 flags.DEFINE_string("worker", "all", "Hosts for `run` and `tensorboard`: all, or an index (tensorboard: 0).")
 flags.DEFINE_string("local_dir", "pod_logs", "Local directory `logs` copies into (a subdirectory per run).")
 flags.DEFINE_integer("port", 6006, "Local port `tensorboard` forwards.")
@@ -173,6 +178,23 @@ def launch_script(pod: Pod, overrides: Sequence[str]) -> str:
           f"echo $! > {pid}; echo \"$(hostname): started {pod.run} (pid $!)\"")
 
 
+def mount_script(bucket: str, mount_point: str) -> str:
+  """Bash run on each host: install gcsfuse (Google's apt repository) if missing, mount `bucket`."""
+  name = bucket[len("gs://"):] if bucket.startswith("gs://") else bucket
+  name = name.strip("/")
+  if not name or "/" in name:
+    raise ValueError(f"--bucket must name a bucket (gs://NAME), got {bucket!r}")
+  target = f"~/{mount_point}"
+  keyring = "/usr/share/keyrings/cloud.google.asc"
+  install = (f"curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee {keyring} > /dev/null && "
+             f"echo \"deb [signed-by={keyring}] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) main\" "
+             f"| sudo tee /etc/apt/sources.list.d/gcsfuse.list > /dev/null && "
+             f"sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse")
+  return (f"set -e; if ! command -v gcsfuse > /dev/null; then {install}; fi; mkdir -p {target}; "
+          f"if mountpoint -q {target}; then echo \"$(hostname): {target} already mounted\"; "
+          f"else gcsfuse --implicit-dirs {shlex.quote(name)} {target} && echo \"$(hostname): mounted {bucket} at {target}\"; fi")
+
+
 def launch_commands(pod: Pod, overrides: Sequence[str]) -> list[list[str]]:
   return [ssh(pod, launch_script(pod, overrides))]
 
@@ -211,8 +233,9 @@ def tensorboard_commands(pod: Pod, port: int, worker: str = "0") -> list[list[st
 def run_commands(pod: Pod, args: Sequence[str], worker: str = "all") -> list[list[str]]:
   if not args:
     raise ValueError("`run` needs the command after --")
-  script = (f"cd ~/{pod.remote_dir} && source ~/{pod.venv}/bin/activate && "
-            + " ".join(shlex.quote(a) for a in args))
+  # one argument: a shell script as typed (pipes, &&); several: argv words, each quoted
+  words = args[0] if len(args) == 1 else " ".join(shlex.quote(a) for a in args)
+  script = f"cd ~/{pod.remote_dir} && source ~/{pod.venv}/bin/activate && {words}"
   return [ssh(pod, script, worker=worker)]
 
 
@@ -235,7 +258,8 @@ def delete_commands(pod: Pod) -> list[list[str]]:
 
 
 def build_commands(command: str, pod: Pod, args: Sequence[str] = (), *, worker: str = "all",
-                   local_dir: str = "pod_logs", port: int = 6006) -> list[list[str]]:
+                   local_dir: str = "pod_logs", port: int = 6006, bucket: str = "",
+                   mount_point: str = "bucket") -> list[list[str]]:
   """The local argv lists that carry out `command`."""
   if args and command not in ("launch", "run"):
     raise ValueError(f"`{command}` takes no arguments after --, got {list(args)}")
@@ -243,6 +267,8 @@ def build_commands(command: str, pod: Pod, args: Sequence[str] = (), *, worker: 
     return create_commands(pod)
   if command == "install":
     return install_commands(pod)
+  if command == "mount":
+    return [ssh(pod, mount_script(bucket, mount_point))]
   if command == "launch":
     return launch_commands(pod, args)
   if command == "status":
@@ -274,7 +300,7 @@ def main(argv: Sequence[str]) -> int:
   command, args = argv[1], argv[2:]
   try:
     commands = build_commands(command, pod_from_flags(), args, worker=FLAGS.worker, local_dir=FLAGS.local_dir,
-                              port=FLAGS.port)
+                              port=FLAGS.port, bucket=FLAGS.bucket, mount_point=FLAGS.mount_point)
   except ValueError as e:
     sys.stderr.write(f"error: {e}\n")
     return 2

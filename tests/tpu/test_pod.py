@@ -69,6 +69,16 @@ def test_install_from_git():
   assert_valid_bash(script)
 
 
+def test_mount_bucket_on_every_host():
+  [ssh] = dry_run("mount", "--bucket=gs://geo-bucket", "--mount_point=shared")
+  assert "--worker=all" in ssh
+  script = remote_script(ssh)
+  assert_valid_bash(script)
+  assert "gcsfuse --implicit-dirs geo-bucket ~/shared" in script and "apt-get install -y -qq gcsfuse" in script
+  with pytest.raises(ValueError, match="must name a bucket"):
+    pod_lib.mount_script("gs://bucket/sub/dir", "m")
+
+
 def test_launch_on_all_workers_with_overrides():
   [ssh] = dry_run("launch", "--config=configs/geo_r.py:3b",
                   extra=["--config.model.hf_path=/models/Qwen2.5-VL-3B-Instruct",
@@ -105,6 +115,8 @@ def test_status_logs_tensorboard_run_stop_delete():
   [run] = dry_run("run", "--worker=0", extra=["python", "-m", "geojax.export", "--out=/tmp/hf model"])
   assert "--worker=0" in run
   assert remote_script(run).endswith("python -m geojax.export '--out=/tmp/hf model'")
+  [run] = dry_run("run", extra=["ls runs | wc -l && echo done"])  # one argument: a shell script
+  assert remote_script(run).endswith("&& ls runs | wc -l && echo done") and "--worker=all" in run
   [stop] = dry_run("stop")
   assert_valid_bash(remote_script(stop))
   [delete] = dry_run("delete")
