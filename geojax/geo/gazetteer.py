@@ -145,8 +145,8 @@ class Gazetteer:
     unique_pairs, admin1_id = np.unique(pair_keys, return_inverse=True)
     self.admin1_id = admin1_id.reshape(-1).astype(np.int32)
     self.admin1_names = np.array([k.split("|", 1)[1] for k in unique_pairs.tolist()])
-    self.admin1_country = np.searchsorted(self.country_codes,
-                                          np.array([k.split("|", 1)[0] for k in unique_pairs.tolist()])).astype(np.int32)
+    pair_countries = np.array([k.split("|", 1)[0] for k in unique_pairs.tolist()])
+    self.admin1_country = np.searchsorted(self.country_codes, pair_countries).astype(np.int32)
     # Same (country, admin1, name) = same city for scoring, whichever duplicate row a lookup lands on.
     city_keys = np.char.add(np.char.add(pair_keys, "|"), np.char.lower(self.name))
     self.city_key = np.unique(city_keys, return_inverse=True)[1].reshape(-1).astype(np.int32)

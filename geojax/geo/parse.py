@@ -151,7 +151,8 @@ def parse_answers(texts: Sequence[str], fmt: str = "auto", gaz=None) -> ParsedAn
       except (ValueError, OverflowError, TypeError, IndexError, KeyError):
         pass
   return ParsedAnswers(lat=lat, lon=lon, coord_valid=valid, coord_from_text=from_text, n_coords=n_coords,
-                       format_ok=format_ok, globe_format_ok=globe_ok, country_id=ids[0], admin1_id=ids[1], city_id=ids[2],
+                       format_ok=format_ok, globe_format_ok=globe_ok,
+                       country_id=ids[0], admin1_id=ids[1], city_id=ids[2],
                        country=names["country"], admin1=names["admin1"], city=names["city"], think=names["think"])
 
 
