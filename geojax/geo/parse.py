@@ -13,9 +13,9 @@ from geojax.geo import chain
 FORMATS = ("chain", "globe", "loc", "latlon", "auto")
 MAX_CHARS = 20000  # longer completions are truncated before parsing (bounded regex time)
 
-GLOBE_FORMAT_RE = re.compile(r"^<think>.*?</think>\s*<answer>.*?</answer>$", re.DOTALL)
+# GLOBE's format rule; as in its release, the answer must end the text (\Z: no trailing newline allowed).
+GLOBE_FORMAT_RE = re.compile(r"^<think>.*?</think>\s*<answer>.*?</answer>\Z", re.DOTALL)
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_THINK_RE = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 _GLOBE_FIELD_RE = {
   "country": re.compile(r"\bcountry\s*[:：]\s*([^\n<]*)", re.IGNORECASE),
   "state": re.compile(r"\b(?:state|province|region)\s*[:：]\s*([^\n<]*)", re.IGNORECASE),
@@ -71,19 +71,20 @@ def _detect(text: str) -> str:
 def _parse_one(text: str, fmt: str) -> dict:
   """Fields of one answer; format_ok per format:
   chain: exactly one coordinate pair (Geo-R's format reward; names optional);
-  globe: the GLOBE regex on the whole completion; loc: exactly one LOC pair; latlon: exactly one pair."""
+  globe: the GLOBE regex on the whole completion (names from the first <answer> block); loc: exactly one LOC pair; latlon: exactly one pair."""
   out = {"lat": math.nan, "lon": math.nan, "n": 0, "ok": False, "country": "", "admin1": "", "city": "",
          "think": ""}
   text = text[:MAX_CHARS]
-  out["globe_ok"] = bool(GLOBE_FORMAT_RE.match(text.strip()))
+  out["globe_ok"] = bool(GLOBE_FORMAT_RE.match(text))
   if fmt == "auto":
     fmt = _detect(text)
   if fmt == "globe":
     out["ok"] = out["globe_ok"]
-    think = _THINK_RE.search(text)
-    out["think"] = think.group(1).strip() if think else ""
+    # As GLOBE's release: the reasoning is everything before the first </think>, without <think> tags,
+    # and the answer is the first <answer> block.
+    out["think"] = text.split("</think>", 1)[0].replace("<think>", "").strip()
     answers = _ANSWER_RE.findall(text)
-    body = answers[-1] if answers else ""
+    body = answers[0] if answers else ""
     out["country"] = _first(_GLOBE_FIELD_RE["country"], body)
     out["admin1"] = _first(_GLOBE_FIELD_RE["state"], body)
     out["city"] = _first(_GLOBE_FIELD_RE["city"], body)

@@ -71,8 +71,9 @@ def globe_name_match(pred: str, truth: str, ratio: float = GLOBE_NAME_RATIO) -> 
 
 
 def visual_fraction(think: str, clues: Sequence[str]) -> float:
-  """GLOBE visual match: fraction of the clue entities that appear (case-insensitively) in the reasoning."""
-  clues = [c.strip().lower() for c in clues if isinstance(c, str) and c.strip()]
+  """GLOBE visual match: fraction of the distinct clue entities that appear (case-insensitively) in the
+  reasoning."""
+  clues = sorted({c.strip().lower() for c in clues if isinstance(c, str) and c.strip()})
   if not clues or not isinstance(think, str):
     return 0.0
   text = think.lower()
@@ -144,7 +145,8 @@ def globe_visual(batch) -> jnp.ndarray:
 
 
 def globe_format(batch) -> jnp.ndarray:
-  """GLOBE: 1 iff the completion matches ^<think>.*?</think>\\s*<answer>.*?</answer>$ (DOTALL)."""
+  """GLOBE: 1 iff the completion matches ^<think>.*?</think>\\s*<answer>.*?</answer>$ (DOTALL; like the
+  release, nothing may follow </answer>)."""
   return batch["globe_format_ok"].astype(jnp.float32)
 
 

@@ -39,7 +39,10 @@ def test_explicit_formats_and_flags(gaz):
   assert not p.format_ok[0] and p.country_id[0] == -1  # unclosed answer: no answer block
   p = parse_answers(["<answer>country: Peru\ncity: Lima</answer> <answer>country: Chile\ncity: Santiago</answer>"],
                     "globe", gaz)
-  assert p.country[0] == "Chile" and not p.format_ok[0]  # the last answer counts; no think: bad format
+  assert p.country[0] == "Peru" and not p.format_ok[0]  # the first answer counts (as GLOBE); no think: bad format
+  p = parse_answers(["<think>a</think><answer>country: Peru</answer>\n", "plain </think> text"], "globe")
+  assert not p.format_ok[0]  # nothing may follow </answer>
+  assert p.think[1] == "plain"  # reasoning = text before the first </think>
   p = parse_answers(["<think>x</think> <answer>country: Atlantisland\ncity: Nowhere</answer>"], "globe", gaz)
   assert p.format_ok[0] and not p.coord_valid[0] and p.country_id[0] == -1
   p = parse_answers(["<think>x</think><answer>country: Japan</answer>"], "globe", gaz)

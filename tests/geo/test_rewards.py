@@ -69,6 +69,7 @@ def test_globe_name_match(pred, truth, match):
 def test_visual_fraction():
   assert visual_fraction("A RED barn and a tractor", ["red barn", "tractor", "lavender"]) == pytest.approx(2 / 3)
   assert visual_fraction("anything", []) == 0.0
+  assert visual_fraction("a barn", ["Barn", "barn ", "silo"]) == pytest.approx(0.5)  # distinct entities
   assert visual_fraction("", ["x"]) == 0.0
 
 
