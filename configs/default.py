@@ -100,6 +100,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.eval.max_new_tokens = 24
   c.eval.every = 0                  # also evaluate every N steps during a stage (0: only at stage ends)
   c.eval.plot = True
+  c.eval.at_stage_end = True        # evaluate after each stage (the table's rows)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 50

@@ -103,6 +103,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.eval.max_new_tokens = 1024
   c.eval.every = 500
   c.eval.plot = True
+  c.eval.at_stage_end = True        # evaluate after each stage (the table's rows)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 200

@@ -190,7 +190,7 @@ def accumulate_grads(loss_fn: Callable, params, batch: dict, n_micro: int):
 def apply_update(tx, state: dict, grads, loss, metrics) -> tuple[dict, dict]:
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
   return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
 
@@ -239,6 +239,7 @@ class Stage:
   def __init__(self, name: str, config: ml_collections.ConfigDict, model, mesh, writer: runtime.MetricWriter):
     self.name, self.config, self.sc, self.mesh, self.writer = name, config, config[name], mesh, writer
     self.dir = os.path.join(config.workdir, name)
+    os.makedirs(self.dir, exist_ok=True)
     self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
     self.trainable = trainable_mask(params, freeze_vision=self.sc.freeze_vision)
     self.tx = make_optimizer(self.sc, self.trainable)
@@ -246,6 +247,7 @@ class Stage:
     self.checkpoints = runtime.Checkpointer(os.path.join(self.dir, "checkpoints"), config.checkpoint.keep,
                                             config.checkpoint.async_save)
     self.schedule = learning_rate_schedule(self.sc)
+    self.history = os.path.join(self.dir, "metrics.jsonl")  # one JSON line per step (process 0)
 
   def model(self, params=None):
     return nnx.merge(self.graphdef, self.state["params"] if params is None else params, self.rest)
@@ -276,6 +278,9 @@ class Stage:
     step = self.step
     metrics = dict(metrics, lr=float(self.schedule(step - 1)))
     self.writer.write(step, metrics, prefix=f"{self.name}/")
+    if jax.process_index() == 0:
+      with open(self.history, "a") as f:
+        f.write(json.dumps({"step": step, **{k: v for k, v in metrics.items() if math.isfinite(v)}}) + "\n")
     if step % self.config.log.every == 0 or step == self.sc.steps:
       rate = (step - start_step) / max(time.time() - start_time, 1e-9)
       keys = ["loss", "grad_norm", "reward", "kl", "clip_frac", "response_len", "nll", "distance_km", "lr"]
@@ -542,7 +547,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, dict]:
     for name in config.stages:
       run = run_sft if name == "sft" else run_grpo
       model = run(config, model, tokenizer, mesh, writer, train_records, evaluate_fn)
-      record(f"after {name.upper()}", model, name)
+      if config.eval.at_stage_end:
+        record(f"after {name.upper()}", model, name)
   writer.close()
   if jax.process_index() == 0:
     print(f"\n{config.eval.split} split, {results[next(iter(results))]['n'] if results else 0} examples, "
