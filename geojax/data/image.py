@@ -80,9 +80,20 @@ def grid_for_size(height: int, width: int, min_pixels: int = MIN_PIXELS, max_pix
   return np.array([1, rh // patch_size, rw // patch_size], np.int32)
 
 
+def snap_grid(grid_h: int, grid_w: int, grid_buckets) -> tuple[int, int]:
+  """The bucket grid (h, w) whose aspect ratio is closest (in log space) to grid_h / grid_w."""
+  ratios = [abs(math.log((h / w) / (grid_h / grid_w))) for h, w in grid_buckets]
+  h, w = grid_buckets[int(np.argmin(ratios))]
+  return int(h), int(w)
+
+
 def preprocess_image(image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, patch_size: int = 14,
-                     temporal_patch_size: int = 2, merge_size: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                     temporal_patch_size: int = 2, merge_size: int = 2, *,
+                     grid_buckets=None) -> tuple[np.ndarray, np.ndarray]:
   """Turns one image (PIL image, encoded bytes, or uint8 HWC array) into Qwen2-VL vision input.
+
+  With `grid_buckets` (a list of (grid_h, grid_w), multiples of merge_size), the image is resized to the bucket
+  grid of closest aspect ratio instead of its own smart-resize grid, so batches can share a few static shapes.
 
   Returns:
     pixel_values: float32 [grid_h * grid_w, 3 * temporal_patch_size * patch_size**2], patches in the
@@ -93,6 +104,11 @@ def preprocess_image(image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_
   width, height = rgb.size
   factor = patch_size * merge_size
   rh, rw = smart_resize(height, width, factor, min_pixels, max_pixels)
+  if grid_buckets:
+    gh, gw = snap_grid(rh // patch_size, rw // patch_size, grid_buckets)
+    if gh % merge_size or gw % merge_size:
+      raise ValueError(f"grid bucket {(gh, gw)} is not a multiple of merge_size {merge_size}")
+    rh, rw = gh * patch_size, gw * patch_size
   resized = rgb.resize((rw, rh), resample=Image.Resampling.BICUBIC)
   pixels = np.asarray(resized)  # [rh, rw, 3] uint8
   gh, gw = rh // patch_size, rw // patch_size

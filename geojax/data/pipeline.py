@@ -1,0 +1,290 @@
+"""Grain input pipeline: deterministic shuffling, per-process sharding, worker processes, bucketed static batches,
+bad-record accounting, and iterator state that resumes exactly.
+
+  loader = make_loader(source, ExampleTransform(tok, prompt="geo_r", mode="sft"), batch_size=64, seed=0)
+  batch = next(loader); state = loader.get_state()      # JSON-able dict, saved with checkpoints
+  loader2 = make_loader(...same args...); loader2.set_state(state)  # continues with the batch after `batch`
+
+Order of operations: source -> this process's shard (jax.process_index() :: jax.process_count()) -> global
+shuffle (reshuffled every epoch, by seed) -> repeat(num_epochs) -> per-example transform (in worker processes)
+-> bucketing into batches -> prefetch.
+
+Bucketing reads a window of `window_batches * batch_size` examples, groups them by (image grid, padded length)
+in order of first appearance and emits full batches; a bucket's last, partial batch is filled with copies of its
+first row marked `example_mask == 0` (nothing is dropped). The iterator state is the upstream state at the start
+of the current window plus the number of batches already emitted from it, so a restore re-reads the window and
+skips exactly those batches. With worker processes each worker buckets its own slice; batches are deterministic
+for a fixed worker_count (changing worker_count changes the order).
+
+Bad records (unreadable or truncated images, missing files, NaN or out-of-range coordinates, empty captions,
+over-long prompts) are skipped, counted by reason, and reported once per epoch with an absl warning (by each
+worker). If a source yields no usable record at all, iteration fails with an error naming the reasons.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import grain
+from absl import flags, logging
+
+from geojax.data.batching import BadRecord
+
+# Give up when this many records in a row are bad before any good one was seen.
+MAX_LEADING_BAD = 1000
+
+
+def ensure_absl_flags_parsed() -> None:
+  """Grain reads its settings from absl flags; in worker processes (and under pytest) nobody parsed them."""
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+  del worker_index, worker_count
+  ensure_absl_flags_parsed()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bad:
+  reason: str
+  epoch: int
+
+
+class _SafeTransform:
+  """(index, record) -> features tagged with their epoch, or _Bad(reason). Never raises for data problems."""
+
+  def __init__(self, transform: Callable[[Any], dict], epoch_len: int):
+    self.transform = transform
+    self.epoch_len = max(epoch_len, 1)
+
+  def __call__(self, index: int, record: Any) -> Any:
+    epoch = index // self.epoch_len
+    try:
+      if isinstance(record, _Bad):
+        return dataclasses.replace(record, epoch=epoch)
+      features = self.transform(record)
+    except BadRecord as e:
+      return _Bad(str(e), epoch)
+    except Exception as e:  # anything else a corrupt record can trigger: skip it, but name the error
+      return _Bad(f"{type(e).__name__}: {str(e)[:80]}", epoch)
+    features["_epoch"] = epoch
+    return features
+
+
+class _SafeSource:
+  """Wraps a random-access source so that records failing to load (missing file...) become _Bad."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> Any:
+    try:
+      return self.source[index]
+    except BadRecord as e:
+      return _Bad(str(e), 0)
+    except (OSError, ValueError, KeyError) as e:
+      return _Bad(f"unreadable record ({type(e).__name__})", 0)
+
+
+class BucketBatchIterDataset(grain.IterDataset):
+  """Groups features by `key_fn` into static-shape batches made by `collate_fn(features, batch_size)`."""
+
+  def __init__(self, parent: grain.IterDataset, batch_size: int, key_fn: Callable[[Mapping], Any],
+               collate_fn: Callable[[Sequence[Mapping], int], dict], window_batches: int = 8,
+               name: str = "data"):
+    super().__init__(parent)
+    self.batch_size = batch_size
+    self.key_fn = key_fn
+    self.collate_fn = collate_fn
+    self.window = max(1, window_batches) * batch_size
+    self.name = name
+
+  def __iter__(self) -> "_BucketBatchIterator":
+    return _BucketBatchIterator(self._parent.__iter__(), self)
+
+  def __str__(self) -> str:
+    return f"BucketBatchIterDataset(batch_size={self.batch_size}, window={self.window})"
+
+
+class _BucketBatchIterator(grain.DatasetIterator):
+
+  def __init__(self, parent: grain.DatasetIterator, ds: BucketBatchIterDataset):
+    super().__init__(parent)
+    self._ds = ds
+    self._window_start = parent.get_state()
+    self._pending: collections.deque = collections.deque()
+    self._emitted = 0
+    self._skip = 0
+    self._exhausted = False
+    self._good = 0
+    self._leading_bad = 0
+    self._epoch = 0
+    self._bad_counts: collections.Counter = collections.Counter()
+    self._bad_reported_epoch = -1
+
+  def _report_bad(self, epoch: int) -> None:
+    if self._bad_counts and epoch > self._bad_reported_epoch:
+      total = sum(self._bad_counts.values())
+      reasons = ", ".join(f"{r}: {n}" for r, n in self._bad_counts.most_common())
+      logging.warning("%s: skipped %d bad records in epoch %d (%s)", self._ds.name, total, epoch, reasons)
+      self._bad_reported_epoch = epoch
+      self._bad_counts.clear()
+
+  def _count_bad(self, bad: _Bad) -> None:
+    if bad.epoch != self._epoch:
+      self._report_bad(self._epoch)
+      self._epoch = bad.epoch
+    self._bad_counts[bad.reason] += 1
+    if self._good == 0:
+      self._leading_bad += 1
+      if self._leading_bad >= MAX_LEADING_BAD:
+        self._fail()
+
+  def _fail(self) -> None:
+    reasons = ", ".join(f"{r}: {n}" for r, n in self._bad_counts.most_common(5))
+    raise ValueError(f"{self._ds.name}: no usable record among the first {self._leading_bad} read; every one was "
+                     f"bad ({reasons}). Check the dataset paths and format.")
+
+  def _fill(self) -> None:
+    """Reads the next window and queues its batches (as lists of features)."""
+    self._window_start = self._parent.get_state()
+    self._emitted = 0
+    groups: dict[Any, list] = {}
+    order: list[tuple[int, Any, list]] = []
+    for _ in range(self._ds.window):
+      try:
+        element = next(self._parent)
+      except StopIteration:
+        self._exhausted = True
+        break
+      if isinstance(element, _Bad):
+        self._count_bad(element)
+        continue
+      if element.get("_epoch", self._epoch) != self._epoch:
+        self._report_bad(self._epoch)
+        self._epoch = element["_epoch"]
+      self._good += 1
+      key = self._ds.key_fn(element)
+      group = groups.get(key)
+      if group is None or len(group) == self._ds.batch_size:
+        group = groups[key] = []
+        order.append((len(order), key, group))
+      group.append(element)
+    if self._exhausted and self._good == 0 and self._leading_bad:
+      self._fail()
+    self._pending = collections.deque(group for _, _, group in order)
+
+  def __next__(self) -> dict:
+    while True:
+      if not self._pending:
+        if self._exhausted:
+          self._report_bad(self._epoch)
+          raise StopIteration
+        self._fill()
+        continue
+      group = self._pending.popleft()
+      self._emitted += 1
+      if self._skip:
+        self._skip -= 1
+        continue
+      return self._ds.collate_fn(group, self._ds.batch_size)
+
+  def get_state(self) -> dict:
+    return {"window_start": self._window_start, "emitted": self._emitted, "epoch": self._epoch}
+
+  def set_state(self, state: dict) -> None:
+    self._parent.set_state(state["window_start"])
+    self._window_start = state["window_start"]
+    self._pending = collections.deque()
+    self._exhausted = False
+    self._skip = int(state["emitted"])
+    self._emitted = 0
+    self._epoch = int(state.get("epoch", 0))
+    self._good = max(self._good, 1)  # a restored run has seen good records before
+
+
+class Loader:
+  """Iterator of batches with `get_state()` / `set_state()` for checkpoints (state is a JSON-able dict)."""
+
+  def __init__(self, dataset: grain.IterDataset, num_batches_hint: int | None = None):
+    self._dataset = dataset
+    self._iterator = dataset.__iter__()
+    self.num_batches_hint = num_batches_hint
+
+  def __iter__(self) -> Iterator[dict]:
+    return self
+
+  def __next__(self) -> dict:
+    return next(self._iterator)
+
+  def get_state(self) -> dict:
+    return self._iterator.get_state()
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    self._iterator.set_state(dict(state))
+
+  def close(self) -> None:
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
+
+
+def _default_shard() -> tuple[int, int]:
+  import jax
+  return jax.process_index(), jax.process_count()
+
+
+def make_loader(records_source, transform: Callable[[Any], dict], batch_size: int, seed: int = 0,
+                shuffle: bool = True, num_epochs: int | None = 1, worker_count: int = 0,
+                shard_index: int | None = None, shard_count: int | None = None, *,
+                key_fn: Callable[[Mapping], Any] | None = None,
+                collate_fn: Callable[[Sequence[Mapping], int], dict] | None = None,
+                window_batches: int = 8, read_threads: int = 1, prefetch: int = 2, name: str = "data") -> Loader:
+  """A deterministic, resumable iterator of batches over a random-access source of records.
+
+  Args:
+    records_source: anything with __len__ and __getitem__ returning a record dict (e.g. ArrayRecordSource,
+      a list, the sources in geojax.data.sources).
+    transform: record -> features; an ExampleTransform (its bucket_key / collate are used by default).
+    batch_size: examples per batch (per process).
+    seed: shuffle seed; the same seed gives the same batches.
+    shuffle: globally shuffle (differently in every epoch).
+    num_epochs: passes over the data; None repeats forever.
+    worker_count: Grain worker processes for decoding / preprocessing (0: in this process).
+    shard_index, shard_count: this process's shard; default jax.process_index() / jax.process_count().
+    window_batches: bucketing window, in batches (larger: fewer filler rows, more memory).
+    read_threads, prefetch: threads and buffered elements per reader.
+  """
+  ensure_absl_flags_parsed()
+  if shard_index is None or shard_count is None:
+    shard_index, shard_count = _default_shard()
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+  n_total = len(records_source)
+  if n_total == 0:
+    raise ValueError(f"{name}: the source is empty")
+  ds = grain.MapDataset.source(_SafeSource(records_source))
+  if shard_count > 1:
+    ds = ds[shard_index::shard_count]
+  epoch_len = len(ds)
+  if epoch_len == 0:
+    raise ValueError(f"{name}: shard {shard_index} of {shard_count} is empty ({n_total} records)")
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs)
+  ds = ds.map_with_index(_SafeTransform(transform, epoch_len))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
+  key_fn = key_fn or getattr(transform, "bucket_key")
+  collate_fn = collate_fn or getattr(transform, "collate")
+  it = BucketBatchIterDataset(it, batch_size, key_fn, collate_fn, window_batches, name)
+  if worker_count > 0:
+    it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=worker_count,
+                                                                     per_worker_buffer_size=prefetch),
+                        worker_init_fn=_init_worker)
+  hint = None if num_epochs is None else -(-epoch_len * num_epochs // batch_size)
+  return Loader(it, hint)
