@@ -4,9 +4,10 @@ Coordinates are drawn near GeoNames cities (so the geography resembles photo dat
 live), plus a share of open-sea points whose tiles show only water (not locatable). Each coordinate gets a
 tile from `geojax.data.render` and its labels from the gazetteer of `geojax.geo` (Chain of Region).
 
-Storage: one directory per parameter set, holding ArrayRecord shards `<split>-<k>-of-<n>.array_record` and
-`manifest.json` (written last: its presence means the build is complete). A record is the msgpack encoding of
-the example dict of CONTRACTS (see `encode_record` / `decode_record`):
+Storage: one directory per parameter set, holding ArrayRecord shards `<split>-<k>-of-<n>.array_record` in the
+record format of `geojax.data.records` (so `records.ArrayRecordSource(dir, split)` and the Grain pipeline read
+them) and `manifest.json` (written last: its presence means the build is complete). Records are the example dicts
+of CONTRACTS:
   {"id": str, "image": PNG bytes, "lat": float, "lon": float, "country": str, "admin1": str, "city": str,
    "label": str, "clues": list[str], "reasoning": str, "locatable": bool}
 Train and test are disjoint by place: no test coordinate shares a HOLDOUT_CELL_DEG cell with a train coordinate.
@@ -18,15 +19,15 @@ import io
 import json
 import os
 import shutil
+import struct
 import time
 import warnings
 from pathlib import Path
 from typing import Iterator
 
-import msgpack
 import numpy as np
 
-from geojax.data import render
+from geojax.data import records, render
 
 FORMAT_VERSION = 1  # bump when sampling, labels, clues or the record layout change
 DEFAULT_PARAMS = {"seed": 0, "n_train": 4000, "n_test": 400, "image_size": 112, "sea_fraction": 0.1}
@@ -36,26 +37,9 @@ JITTER_KM = 20.0  # std of the offset of a land sample from its GeoNames city, p
 MIN_SEA_KM = 350.0  # open-sea samples are at least this far from land (and their tiles hold no land)
 SHARD_SIZE = 2000
 RENDER_CHUNK = 128  # tiles rendered per vectorized call (bounds memory: ~128 x 112 x 112 x 3 float32)
-RECORD_KEYS = ("id", "image", "lat", "lon", "country", "admin1", "city", "label", "clues", "reasoning", "locatable")
 
 
-# ------------------------------------------------------------------------------------------------ records
-def encode_record(example: dict) -> bytes:
-  """Serialize one example dict (the CONTRACTS schema) to the bytes stored in a shard."""
-  return msgpack.packb({k: example[k] for k in RECORD_KEYS}, use_bin_type=True)
-
-
-def decode_record(data: bytes) -> dict:
-  """Inverse of `encode_record`; raises ValueError on a malformed record."""
-  try:
-    example = msgpack.unpackb(data, raw=False)
-  except Exception as e:  # msgpack raises several unrelated types
-    raise ValueError(f"undecodable record: {e}") from e
-  if not isinstance(example, dict) or any(k not in example for k in RECORD_KEYS):
-    raise ValueError("record lacks fields of the example schema")
-  return example
-
-
+# ------------------------------------------------------------------------------------------------ reading
 def read_records(path: str | os.PathLike) -> Iterator[dict]:
   """Example dicts of one ArrayRecord shard, in order; malformed records are skipped with a warning."""
   from array_record.python.array_record_module import ArrayRecordReader
@@ -64,8 +48,13 @@ def read_records(path: str | os.PathLike) -> Iterator[dict]:
   try:
     for data in reader.read_all():
       try:
-        yield decode_record(data)
-      except ValueError:
+        example = records.decode_record(data)
+      except (ValueError, UnicodeDecodeError, IndexError, TypeError, KeyError, struct.error):
+        bad += 1
+        continue
+      if records.record_problem(example) is None:
+        yield example
+      else:
         bad += 1
   finally:
     reader.close()
@@ -264,20 +253,6 @@ def _encode_png(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def _write_shards(out_dir: Path, split: str, records: list[bytes]) -> list[str]:
-  from array_record.python.array_record_module import ArrayRecordWriter
-  n_shards = max(1, -(-len(records) // SHARD_SIZE))
-  names = []
-  for k in range(n_shards):
-    name = f"{split}-{k:05d}-of-{n_shards:05d}.array_record"
-    writer = ArrayRecordWriter(str(out_dir / name), "group_size:1")
-    for data in records[k * SHARD_SIZE:(k + 1) * SHARD_SIZE]:
-      writer.write(data)
-    writer.close()
-    names.append(name)
-  return names
-
-
 def build(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 4000, n_test: int = 400,
           image_size: int = 112, sea_fraction: float = 0.1) -> dict[str, list[str]]:
   """Generate the dataset into out_dir (skipped when out_dir already holds this exact parameter set).
@@ -304,17 +279,21 @@ def build(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 4000, n_t
   shards, counts = {}, {}
   for split, (lat, lon, locatable) in (("train", train), ("test", test)):
     rows = gaz.nearest_np(lat, lon)
-    records = []
+    examples = []
     for c0 in range(0, len(lat), RENDER_CHUNK):
       images, stats = renderer(lat[c0:c0 + RENDER_CHUNK], lon[c0:c0 + RENDER_CHUNK])
       for b in range(len(images)):
         i = c0 + b
-        records.append(encode_record(_example(split, i, images[b], lat[i], lon[i], int(rows[i]),
-                                              bool(locatable[i]), stats, b, renderer, gaz)))
-    shards[split] = _write_shards(tmp_dir, split, records)
-    counts[split] = {"n": len(records), "n_locatable": int(locatable.sum())}
+        examples.append(_example(split, i, images[b], lat[i], lon[i], int(rows[i]), bool(locatable[i]), stats, b,
+                                 renderer, gaz))
+    # records' writer deals examples round-robin over the shards; their order is fixed, so bytes are too.
+    with records.ArrayRecordWriter(str(tmp_dir), split, num_shards=max(1, -(-len(examples) // SHARD_SIZE))) as w:
+      for example in examples:
+        w.write(example)
+    shards[split] = [Path(p).name for p in w.paths]
+    counts[split] = {"n": len(examples), "n_locatable": int(locatable.sum())}
   manifest = {"params": params, "shards": shards, "counts": counts, "build_seconds": round(time.time() - start, 2),
-              "record_keys": list(RECORD_KEYS), "serialization": "msgpack", "image_format": "PNG"}
+              "record_fields": list(records.RECORD_FIELDS), "serialization": "geojax.data.records", "image_format": "PNG"}
   with open(tmp_dir / "manifest.json", "w") as f:
     json.dump(manifest, f, indent=1)
   # Swap the finished directory in; if a concurrent builder won the race, keep theirs.
@@ -336,6 +315,7 @@ def _example(split, i, image, lat, lon, row, locatable, stats, b, renderer, gaz)
   from geojax.geo.chain import format_chain, levels_of_row
   country, state, city = levels_of_row(gaz, row)
   clues, reasoning = _clues_and_reasoning(stats, b, renderer, gaz, row, locatable)
-  return {"id": f"builtin-{split}-{i:06d}", "image": _encode_png(image), "lat": float(lat), "lon": float(lon),
-          "country": country, "admin1": state, "city": city, "label": format_chain(country, state, city, lat, lon),
-          "clues": clues, "reasoning": reasoning, "locatable": locatable}
+  return records.make_record(id=f"builtin-{split}-{i:06d}", image=_encode_png(image), lat=float(lat), lon=float(lon),
+                             country=country, admin1=state, city=city,
+                             label=format_chain(country, state, city, lat, lon), clues=clues, reasoning=reasoning,
+                             locatable=locatable)
