@@ -2,9 +2,9 @@
 
 `load_hf(path, dtype, mesh)` reads a directory written by transformers' `save_pretrained` (config.json and
 safetensors, one file or shards with model.safetensors.index.json), tensor by tensor, and places each one
-directly with its sharding. Unknown or missing tensors fail with their names. Both the transformers-5 names
-(`model.language_model.*`, `model.visual.*`) and the published checkpoints' names (`model.*`, `visual.*`) are
-read. `save_hf(model, path)` writes config.json, generation_config.json and safetensors shards with an index
+directly with its sharding. Unknown or missing tensors fail with their names. Names are those of the
+published checkpoints (`model.layers.*`, `visual.*`, `lm_head.weight`), which transformers 5 also writes;
+its in-memory names (`model.language_model.*`, `model.visual.*`) are accepted too. `save_hf(model, path)` writes config.json, generation_config.json and safetensors shards with an index
 that transformers' `Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration` load as is.
 """
 from __future__ import annotations
@@ -23,14 +23,15 @@ from geojax.models.qwen_vl import QwenVL
 from geojax.models.safetensors_io import SafetensorsFile, write_file
 from geojax.models.sharding import named_sharding
 
-# Our parameter path prefix -> Hugging Face name prefix; first match wins, then ".kernel"/".embedding" -> ".weight".
+# Our parameter path prefix -> checkpoint name prefix (the names of the published checkpoints, which
+# transformers 5 save_pretrained also writes); first match wins, then ".kernel"/".embedding" -> ".weight".
 NAME_MAP: tuple[tuple[str, str], ...] = (
-    ("visual.patch_embed.kernel", "model.visual.patch_embed.proj.weight"),
-    ("visual.merger.fc1.", "model.visual.merger.mlp.0."),
-    ("visual.merger.fc2.", "model.visual.merger.mlp.2."),
-    ("visual.", "model.visual."),
+    ("visual.patch_embed.kernel", "visual.patch_embed.proj.weight"),
+    ("visual.merger.fc1.", "visual.merger.mlp.0."),
+    ("visual.merger.fc2.", "visual.merger.mlp.2."),
+    ("visual.", "visual."),
     ("language_model.lm_head.", "lm_head."),
-    ("language_model.", "model.language_model."),
+    ("language_model.", "model."),
 )
 # Dense layers whose kernel contracts two of our dims (heads, head_dim) instead of one.
 TWO_INPUT_DIMS = re.compile(r"(self_attn\.o_proj|attn\.proj)\.kernel$")
@@ -45,11 +46,11 @@ def hf_name(path: str) -> str:
 
 
 def canonical_hf_name(name: str) -> str:
-  """Published-checkpoint names (visual.*, model.layers.*) -> transformers-5 names."""
-  if name.startswith("visual."):
-    return "model." + name
-  if name.startswith("model.") and not name.startswith(("model.visual.", "model.language_model.")):
-    return "model.language_model." + name[len("model."):]
+  """transformers-5 in-memory names (model.visual.*, model.language_model.*) -> checkpoint names."""
+  if name.startswith("model.visual."):
+    return name[len("model."):]
+  if name.startswith("model.language_model."):
+    return "model." + name[len("model.language_model."):]
   return name
 
 

@@ -183,6 +183,13 @@ class PatchMerger(nnx.Module):
     return self.fc2(ACTIVATIONS["gelu"](self.fc1(x)))
 
 
+def _block_runner(seg: Segments):
+  """A block call with its attention segments (host constants) closed over, so remat sees only arrays."""
+  def run(block, x, cos, sin):
+    return block(x, cos, sin, seg)
+  return run
+
+
 class VisionTower(nnx.Module):
   def __init__(self, cfg: VisionConfig, version: str, *, remat_policy: str = "none", dtype, param_dtype,
                rngs: nnx.Rngs):
@@ -207,7 +214,7 @@ class VisionTower(nnx.Module):
     for i, block in enumerate(self.blocks):
       full = plan.windows is None or i in self.cfg.fullatt_block_indexes
       seg = plan.full if full else plan.windows
-      run = lambda blk, h, c, s, seg=seg: blk(h, c, s, seg)  # segments are host constants, closed over
+      run = _block_runner(seg)
       if self.remat_policy != "none":
         run = nnx.remat(run, policy=REMAT[self.remat_policy], prevent_cse=True)
       x = run(block, x, cos, sin)

@@ -1,0 +1,58 @@
+"""8 CPU devices (fsdp x tensor) give the unsharded logits; bfloat16 runs and its KL to float32."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from geojax.data.mrope import rope_index
+from geojax.models import grid_tuple, load_hf, make_mesh
+from tests.models import tiny_hf
+from tests.models.test_qwen_vl import CASES, make_batch
+
+
+@nnx.jit(static_argnames="grid")
+def _forward(model, ids, mask, pixels, grid, positions):
+  return model(ids, mask, pixels, grid, positions)
+
+
+@pytest.mark.parametrize("version", ["qwen2_vl", "qwen2_5_vl"])
+def test_sharded_equals_unsharded(hf_checkpoint, rng, version):
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS)")
+  _, path = hf_checkpoint(version)
+  ids, mask, pixels, grids = make_batch(rng, CASES["left_padded_batch_of_3"])
+  ids, mask = np.concatenate([ids, ids[:1]]), np.concatenate([mask, mask[:1]])  # batch 4: divisible by fsdp
+  pixels = np.concatenate([pixels, pixels[:tiny_patches(grids[:1])]])
+  grids = np.concatenate([grids, grids[:1]])
+  positions, _ = rope_index(ids, mask, grids, image_token_id=tiny_hf.IMAGE_ID)
+  want = np.asarray(_forward(load_hf(path), ids, mask, pixels, grid_tuple(grids), positions))
+  mesh = make_mesh((1, 4, 2))
+  model = load_hf(path, mesh=mesh)
+  q = model.language_model.layers[0].self_attn.q_proj.kernel[...]
+  assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None), q.sharding
+  with jax.set_mesh(mesh):
+    got = np.asarray(_forward(model, ids, mask, pixels, grid_tuple(grids), positions))
+  real = mask.astype(bool)
+  assert np.abs(got[real] - want[real]).max() <= 1e-5 * np.abs(want[real]).max()
+
+
+def tiny_patches(grids):
+  return int(sum(t * h * w for t, h, w in grids))
+
+
+@pytest.mark.parametrize("version", ["qwen2_vl", "qwen2_5_vl"])
+def test_bfloat16_runs_close_to_float32(hf_checkpoint, rng, version, record_property):
+  _, path = hf_checkpoint(version)
+  ids, mask, pixels, grids = make_batch(rng, CASES["left_padded_batch_of_3"][:2])
+  f32 = load_hf(path)(ids, mask, pixels, grids)
+  bf16_model = load_hf(path, dtype=jnp.bfloat16)
+  assert bf16_model.language_model.layers[0].mlp.up_proj.kernel[...].dtype == jnp.bfloat16
+  bf16 = bf16_model(ids, mask, pixels, grids)
+  assert bf16.dtype == jnp.float32 and np.isfinite(np.asarray(bf16)).all()
+  p = jax.nn.log_softmax(f32)
+  q = jax.nn.log_softmax(bf16)
+  kl = np.asarray(jnp.sum(jnp.exp(p) * (p - q), -1))[mask.astype(bool)]
+  print(f"{version} bf16 vs f32: mean KL {kl.mean():.2e}, max KL {kl.max():.2e}")
+  record_property("bf16_kl_mean", float(kl.mean()))
+  assert kl.mean() < 1e-2
