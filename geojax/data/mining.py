@@ -1,0 +1,124 @@
+"""Hard-sample mining as in Geo-R: drop training samples within `radius_km` of any "hotspot" coordinate.
+
+Points become unit vectors; a great-circle distance <= R is a chord length <= c = 2 sin(R / 2 R_earth), so the
+test is exact. Hotspots are binned into cubic voxels of side c; a sample can only be near hotspots in its own or
+the 26 neighbouring voxels, found by binary search over sorted voxel keys, so the work grows with the number of
+nearby candidates instead of N x M. A first pass with voxels of side c/2 (diagonal < c) drops every sample
+sharing a voxel with a hotspot without any distance computation, which removes the dense city clusters cheaply.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+EARTH_RADIUS_KM = 6371.0
+_MIN_CELL = 1e-5  # voxel side floor (in unit-sphere units, ~64 m) keeping int64 voxel keys exact
+
+
+def _unit_vectors(lat, lon) -> np.ndarray:
+  lat = np.radians(np.asarray(lat, np.float64))
+  lon = np.radians(np.asarray(lon, np.float64))
+  cos_lat = np.cos(lat)
+  return np.stack([cos_lat * np.cos(lon), cos_lat * np.sin(lon), np.sin(lat)], axis=-1)
+
+
+class _VoxelKeys:
+  """Integer keys of cubic voxels of side `cell` covering [-1, 1]^3."""
+
+  def __init__(self, cell: float):
+    self.cell = cell
+    self.offset = int(math.ceil(1.0 / cell)) + 2
+    self.base = 2 * self.offset + 1
+
+  def coords(self, xyz: np.ndarray) -> np.ndarray:
+    return np.floor(xyz / self.cell).astype(np.int64) + self.offset
+
+  def key(self, coords: np.ndarray) -> np.ndarray:
+    return (coords[:, 0] * self.base + coords[:, 1]) * self.base + coords[:, 2]
+
+
+def _expand_ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """For ranges [start, start + count): (owner row of each element, element position)."""
+  owners = np.repeat(np.arange(len(counts)), counts)
+  first = np.cumsum(counts) - counts
+  positions = np.arange(int(counts.sum())) - np.repeat(first, counts) + np.repeat(starts, counts)
+  return owners, positions
+
+
+def near_hotspots(lat, lon, hot_lat, hot_lon, radius_km: float = 200.0,
+                  max_pairs: int = 1 << 22) -> np.ndarray:
+  """Boolean [N]: True where a sample lies within `radius_km` (great circle) of at least one hotspot.
+
+  Samples with non-finite coordinates are never near. `max_pairs` bounds the candidate pairs held in memory.
+  """
+  p = _unit_vectors(lat, lon).reshape(-1, 3)
+  q = _unit_vectors(hot_lat, hot_lon).reshape(-1, 3)
+  q = q[np.isfinite(q).all(axis=1)]
+  n = p.shape[0]
+  near = np.zeros(n, bool)
+  valid = np.isfinite(p).all(axis=1)
+  if n == 0 or q.shape[0] == 0 or radius_km < 0:
+    return near
+  angle = radius_km / EARTH_RADIUS_KM
+  if angle >= math.pi:
+    return valid.copy()
+  chord = 2.0 * math.sin(angle / 2.0)
+  chord2 = chord * chord
+
+  active = np.flatnonzero(valid)
+  if chord / 2 >= _MIN_CELL:  # a voxel of side c/2 has diagonal 0.87 c: sharing one means being near
+    fine = _VoxelKeys(chord / 2)
+    shares = np.isin(fine.key(fine.coords(p[active])), fine.key(fine.coords(q)))
+    near[active[shares]] = True
+    active = active[~shares]
+  if active.size == 0:
+    return near
+
+  vox = _VoxelKeys(max(chord, _MIN_CELL))
+  hot_keys = vox.key(vox.coords(q))
+  order = np.argsort(hot_keys, kind="stable")
+  keys_sorted = hot_keys[order]
+  unique_keys, first, counts_per_key = np.unique(keys_sorted, return_index=True, return_counts=True)
+  q_sorted = q[order]
+  sample_coords = vox.coords(p[active])
+  for dx in (-1, 0, 1):
+    for dy in (-1, 0, 1):
+      for dz in (-1, 0, 1):
+        if active.size == 0:
+          return near
+        neighbour = vox.key(sample_coords + np.array([dx, dy, dz], np.int64))
+        slot = np.minimum(np.searchsorted(unique_keys, neighbour), len(unique_keys) - 1)
+        has = unique_keys[slot] == neighbour
+        rows = np.flatnonzero(has)
+        starts, counts = first[slot[rows]], counts_per_key[slot[rows]]
+        hit_rows = _pairs_within(p[active[rows]], q_sorted, starts, counts, chord2, max_pairs)
+        near[active[rows[hit_rows]]] = True
+        keep = np.ones(active.size, bool)
+        keep[rows[hit_rows]] = False
+        active, sample_coords = active[keep], sample_coords[keep]
+  return near
+
+
+def _pairs_within(points: np.ndarray, hot: np.ndarray, starts: np.ndarray, counts: np.ndarray, chord2: float,
+                  max_pairs: int) -> np.ndarray:
+  """Indices of `points` with at least one hotspot of their candidate range within the chord."""
+  hits = []
+  cum = np.cumsum(counts)
+  begin = 0
+  while begin < len(counts):
+    # Largest run of rows whose candidate pairs fit in max_pairs (at least one row).
+    done = cum[begin - 1] if begin else 0
+    end = max(int(np.searchsorted(cum, done + max_pairs, side="right")), begin + 1)
+    owners, positions = _expand_ranges(starts[begin:end], counts[begin:end])
+    d2 = ((points[begin:end][owners] - hot[positions]) ** 2).sum(axis=1)
+    hit = np.zeros(end - begin, bool)
+    hit[owners[d2 <= chord2]] = True
+    hits.append(np.flatnonzero(hit) + begin)
+    begin = end
+  return np.concatenate(hits) if hits else np.zeros(0, np.int64)
+
+
+def drop_near_hotspots(lat, lon, hot_lat, hot_lon, radius_km: float = 200.0) -> np.ndarray:
+  """Keep mask (bool [N]) of the Geo-R hard subset: True for samples farther than radius_km from every hotspot."""
+  return ~near_hotspots(lat, lon, hot_lat, hot_lon, radius_km)
