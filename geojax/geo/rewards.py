@@ -55,7 +55,19 @@ class GeoTargets:
         names[key] = [str(g) if isinstance(g, str) and g.strip() else d for g, d in zip(given[key], names[key])]
     return cls(lat=lat, lon=lon, country=names["country"], admin1=names["admin1"], city=names["city"],
                country_id=gaz.country_id[rows].astype(np.int32), admin1_id=gaz.admin1_id[rows].astype(np.int32),
-               city_id=rows, clues=[list(c or []) for c in (clues if clues is not None else [[]] * len(lat))])
+               city_id=rows, clues=[_clue_list(c) for c in (clues if clues is not None else [None] * len(lat))])
+
+
+def _clue_list(clues) -> list[str]:
+  """A clue list from a list / array / single string / None."""
+  if clues is None:
+    return []
+  if isinstance(clues, str):
+    return [clues]
+  try:
+    return [str(c) for c in clues]
+  except TypeError:
+    return []
 
 
 # ---------------------------------------------------------------------------------------------- host-side parts

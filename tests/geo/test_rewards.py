@@ -124,6 +124,16 @@ def test_hierarchy(gaz):
   assert h[3] == pytest.approx(0.75 * 1 / 3 + 0.25 * 1.0)
 
 
+def test_targets_accept_batch_fields(gaz):
+  clues = np.empty(4, dtype=object)
+  clues[:] = [["a", "b"], np.array(["c"]), "d", None]
+  t = GeoTargets.from_coordinates(np.array([48.85, 35.69, 0.0, 0.0]), np.array([2.35, 139.69, 0.0, 0.0]), gaz,
+                                  clues=clues, country=["France ", "", None, "X"], city=np.array(["Paris", "", "", ""]))
+  assert t.clues == [["a", "b"], ["c"], ["d"], []]
+  assert t.country[:2] == ["France ", "Japan"] and t.country[3] == "X" and t.city[:2] == ["Paris", "Tokyo"]
+  assert t.country_id[0] == gaz.country_index("FR") and t.city_id.dtype == np.int32
+
+
 def test_score_rejects_bad_arguments(gaz):
   targets = GeoTargets.from_coordinates([0.0], [0.0], gaz)
   with pytest.raises(KeyError):
