@@ -153,6 +153,7 @@ class Gazetteer:
     self.index = spatial_index.SpatialIndex.from_arrays(
       {k[len("index_"):]: v for k, v in arrays.items() if k.startswith("index_")})
     self._device_index = None
+    self._host_index = None
     self._lookups = None
 
   # ---- construction ----
@@ -207,18 +208,20 @@ class Gazetteer:
     return spatial_index.nearest_rows_jit(self.device_index(), lat, lon, depth=self.index.depth)
 
   def nearest_np(self, lat, lon, chunk: int = 1 << 16) -> np.ndarray:
-    """Host twin of `nearest` in numpy (no JAX: safe in data-loader worker processes), chunked to bound
-    memory. Same float32 arithmetic; it can differ from `nearest` only on float32 near-ties."""
-    lat = np.asarray(lat, np.float32)
-    lon = np.asarray(lon, np.float32)
+    """Host twin of `nearest` in numpy and float64 (no JAX: safe in data-loader worker processes), chunked
+    to bound memory. Same index; distances in float64 as reverse_geocoder computes them."""
+    lat = np.asarray(lat, np.float64)
+    lon = np.asarray(lon, np.float64)
     lat, lon = np.broadcast_arrays(lat, lon)
     flat_lat, flat_lon = lat.ravel(), lon.ravel()
-    arrays = spatial_index.host_arrays(self.index)
+    if self._host_index is None:
+      self._host_index = spatial_index.host_arrays(self.index, self.lat, self.lon)
     out = np.empty(flat_lat.shape, np.int32)
     with np.errstate(invalid="ignore"):
       for start in range(0, len(flat_lat), chunk):
         part = slice(start, start + chunk)
-        out[part] = spatial_index.nearest_rows(arrays, flat_lat[part], flat_lon[part], self.index.depth, xp=np)
+        out[part] = spatial_index.nearest_rows(self._host_index, flat_lat[part], flat_lon[part], self.index.depth,
+                                               xp=np, dtype=np.float64)
     return out.reshape(lat.shape)
 
   # ---- name resolution ----

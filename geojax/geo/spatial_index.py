@@ -11,8 +11,10 @@ float32 rounding of the query cannot step outside it): cities farther from the c
 "farthest distance from the cell to one city" are dropped, and so is any city that another city beats at all
 four corners (the points where one city beats another form a half-plane, so the corners decide for the cell).
 
-Query (jnp, jit-able): integer cell coordinates at the finest level, one gather for the top cell, one per
-quadtree level, then one row gather of the leaf's candidate coordinates and an argmin.
+Query (jnp, jit-able; or numpy in float64 on the host): integer cell coordinates at the finest level, one
+gather for the top cell, one per quadtree level, then one row gather of the leaf's candidate coordinates and an
+argmin. The float32 jnp path can differ from reverse_geocoder only on near-ties (~1e-5 of random queries); the
+float64 numpy path computes the same distances reverse_geocoder does.
 """
 from __future__ import annotations
 
@@ -168,15 +170,16 @@ def build(lat: np.ndarray, lon: np.ndarray, leaf_size: int = 16, dominance_limit
                       leaf_coords=leaf_coords, leaf_rows=leaf_rows, depth=depth)
 
 
-def nearest_rows(index: dict, lat, lon, depth: int, xp=jnp):
+def nearest_rows(index: dict, lat, lon, depth: int, xp=jnp, dtype=None):
   """Row of the nearest city for each query (`index`: `SpatialIndex.arrays()` as arrays of module `xp`).
 
-  xp=jnp (default) is jit-able; xp=np runs the same float32 arithmetic on the host without JAX (data
-  workers). `depth` must be a Python int (the index's `depth`). Latitudes are clipped to [-90, 90];
+  xp=jnp (default) is jit-able; xp=np runs on the host without JAX (data workers), in float64 when
+  `dtype` is np.float64 and `index["leaf_coords"]` holds float64 coordinates. `depth` must be a Python int (the index's `depth`). Latitudes are clipped to [-90, 90];
   longitudes outside [-180, 180] are wrapped into [-180, 180); NaN queries give an arbitrary valid row.
   """
-  lat = xp.asarray(lat, xp.float32)
-  lon = xp.asarray(lon, xp.float32)
+  dtype = dtype or xp.float32
+  lat = xp.asarray(lat, dtype)
+  lon = xp.asarray(lon, dtype)
   lat = xp.clip(xp.nan_to_num(lat), -90.0, 90.0)
   lon = xp.nan_to_num(lon)
   lon = xp.where((lon < -180.0) | (lon > 180.0), xp.mod(lon + 180.0, 360.0) - 180.0, lon)
@@ -202,8 +205,14 @@ def to_device(index: SpatialIndex) -> dict:
   return {k: jnp.asarray(v) for k, v in index.arrays().items() if k != "depth"}
 
 
-def host_arrays(index: SpatialIndex) -> dict:
-  return {k: v for k, v in index.arrays().items() if k != "depth"}
+def host_arrays(index: SpatialIndex, lat: np.ndarray, lon: np.ndarray) -> dict:
+  """Host arrays with float64 candidate coordinates (from the cities' own lat / lon), for exact distances."""
+  arrays = {k: v for k, v in index.arrays().items() if k != "depth"}
+  pad = arrays["leaf_coords"][:, 0, :] >= _PAD_COORD
+  rows = arrays["leaf_rows"]
+  coords = np.stack([np.where(pad, _PAD_COORD, lat[rows]), np.where(pad, _PAD_COORD, lon[rows])], 1)
+  arrays["leaf_coords"] = coords.astype(np.float64)
+  return arrays
 
 
 nearest_rows_jit = jax.jit(nearest_rows, static_argnames=("depth", "xp"))

@@ -56,8 +56,9 @@ def test_nearest_agrees_with_reverse_geocoder(gaz):
   host = gaz.nearest_np(lat, lon)
   agreement, host_agreement = (ours == theirs).mean(), (host == theirs).mean()
   print(f"agreement with reverse_geocoder: jnp {agreement:.6f}, numpy {host_agreement:.6f}")
-  assert agreement >= 0.999 and host_agreement >= 0.999
-  # Disagreements are float32 near-ties: our pick is (almost) as close in reverse_geocoder's metric.
+  assert agreement >= 0.999  # float32: near-ties may go either way
+  assert host_agreement >= 0.99999  # float64 host twin: the same metric and arithmetic as reverse_geocoder
+  # The jnp path's disagreements are float32 near-ties: its pick is (almost) as close in that metric.
   d_ours = (gaz.lat[ours] - lat) ** 2 + (gaz.lon[ours] - lon) ** 2
   d_theirs = (gaz.lat[theirs] - lat) ** 2 + (gaz.lon[theirs] - lon) ** 2
   assert np.all(np.sqrt(d_ours) - np.sqrt(d_theirs) <= 1e-4)
