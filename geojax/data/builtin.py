@@ -151,7 +151,7 @@ def _sample_land(rng: np.random.Generator, n: int, cities: render.CityTable, ras
   weights = np.sqrt(counts) / np.sqrt(counts).sum()
   by_country = np.argsort(city_country, kind="stable")
   starts = np.concatenate([[0], np.cumsum(counts)])
-  lats, lons = [], []
+  lats, lons = [np.zeros(0)], [np.zeros(0)]
   have = 0
   while have < n:
     m = 2 * (n - have) + 16
@@ -170,7 +170,7 @@ def _sample_land(rng: np.random.Generator, n: int, cities: render.CityTable, ras
 
 def _sample_sea(rng: np.random.Generator, n: int, renderer: render.TileRenderer, banned: set) -> tuple:
   """n open-sea coordinates, uniform on the sphere between 70 S and 70 N, far from land: tiles are all water."""
-  lats, lons = [], []
+  lats, lons = [np.zeros(0)], [np.zeros(0)]
   have = 0
   sin_max = np.sin(np.radians(70.0))
   while have < n:
@@ -179,7 +179,7 @@ def _sample_sea(rng: np.random.Generator, n: int, renderer: render.TileRenderer,
     lon = np.round(rng.uniform(-180.0, 180.0, m), 6)
     ok = ~_is_land(renderer.rasters, lat, lon)
     ok &= ~np.isin(_cells(lat, lon), list(banned))
-    ok[ok] &= renderer.land_fraction(lat[ok], lon[ok]) == 0.0
+    ok[ok] &= renderer.open_water(lat[ok], lon[ok])
     ok[ok] &= _sea_distance_km(renderer.rasters, lat[ok], lon[ok]) >= MIN_SEA_KM
     lats.append(lat[ok])
     lons.append(lon[ok])
@@ -265,6 +265,8 @@ def build(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 4000, n_t
   manifest = _read_manifest(out_dir)
   if manifest is not None and manifest.get("params") == params:
     return {split: split_paths(out_dir, split) for split in SPLITS}
+  if manifest is None and out_dir.is_dir() and any(out_dir.iterdir()):
+    raise FileExistsError(f"{out_dir} holds files that are not a built-in dataset; not overwriting")
   start = time.time()
   gaz, cities, rasters = _context()
   renderer = render.TileRenderer(rasters, cities, image_size=image_size)
@@ -292,15 +294,12 @@ def build(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 4000, n_t
         w.write(example)
     shards[split] = [Path(p).name for p in w.paths]
     counts[split] = {"n": len(examples), "n_locatable": int(locatable.sum())}
-  manifest = {"params": params, "shards": shards, "counts": counts, "build_seconds": round(time.time() - start, 2),
+  new_manifest = {"params": params, "shards": shards, "counts": counts, "build_seconds": round(time.time() - start, 2),
               "record_fields": list(records.RECORD_FIELDS), "serialization": "geojax.data.records", "image_format": "PNG"}
   with open(tmp_dir / "manifest.json", "w") as f:
-    json.dump(manifest, f, indent=1)
+    json.dump(new_manifest, f, indent=1)
   # Swap the finished directory in; if a concurrent builder won the race, keep theirs.
   if out_dir.exists():
-    if any(out_dir.iterdir()) and manifest is None:
-      shutil.rmtree(tmp_dir, ignore_errors=True)
-      raise FileExistsError(f"{out_dir} holds files that are not a built-in dataset; not overwriting")
     shutil.rmtree(out_dir, ignore_errors=True)
   try:
     os.replace(tmp_dir, out_dir)

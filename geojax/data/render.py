@@ -27,6 +27,7 @@ RASTER_RES_DEG = 0.05  # cell size of the land / country / coast rasters (~5.5 k
 REGION_RES_DEG = 0.1  # cell size of the region (admin1) raster
 RASTER_VERSION = 1  # bump when the rasterization changes; part of the cache file name
 TILE_SPAN_DEG = 5.0  # north-south extent of a tile (~556 km); east-west is widened by 1/cos(lat)
+SHALLOW_KM = 45.0  # width of the lighter band of sea along coasts
 TOWN_CELL_DEG = 0.5  # one small town dot per cell of this size (its most prominent city), so density shows
 
 # Continent -> (texture kind, clue phrase). Names as geo-intel-offline spells them.
@@ -355,10 +356,11 @@ class TileRenderer:
     return (r.land[rows, cols], r.country[rows, cols].astype(np.int32), r.coast_km[rows, cols].astype(np.float32),
             r.region[rows // factor, cols // factor])
 
-  def land_fraction(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """Share of a tile's map cells on land (float [B]), without rendering it."""
+  def open_water(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Whether each tile would be plain deep water (no land, no coastal band), without rendering it."""
     plat, plon = self.pixel_coordinates(np.asarray(lat, np.float64), np.asarray(lon, np.float64), self.size // 2)
-    return self._lookup(plat, plon)[0].mean((1, 2))
+    land, _, coast, _ = self._lookup(plat, plon)
+    return ~land.any((1, 2)) & (coast.min((1, 2)) >= SHALLOW_KM)
 
   def __call__(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, TileStats]:
     """Tiles uint8 [B, S, S, 3] centred on (lat, lon) in degrees, and facts about each tile.
@@ -384,7 +386,7 @@ class TileRenderer:
     rgb *= 1 + warm
 
     # Sea: plain deep water, lighter in a band along coasts.
-    w_shallow = np.clip(1 - coast / 45, 0, 1)[..., None]
+    w_shallow = np.clip(1 - coast / SHALLOW_KM, 0, 1)[..., None]
     rgb = np.where(land[..., None], rgb, SEA_RGB + w_shallow * (SHALLOW_RGB - SEA_RGB))
 
     # Lines: country borders (dark), region borders (lighter), graticule every 5 degrees (faint, land only).
