@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from geojax.geo import names, spatial_index
 
-CACHE_VERSION = 2
+CACHE_VERSION = 2  # bump whenever the parsed arrays or the spatial index build change
 # Radius (degrees) of the neighbourhood whose city count ranks same-named places ("Paris" -> France).
 PROMINENCE_RADIUS_DEG = 0.3
 
