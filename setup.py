@@ -12,6 +12,7 @@ CORE = [
     "absl-py==2.5.1",
     "ml-collections==1.1.0",
     "numpy>=2.0",
+    "scipy>=1.11",  # builds the gazetteer's spatial index
     "safetensors>=0.4",
     "tokenizers>=0.20",
     "tiktoken>=0.7",
@@ -36,7 +37,6 @@ EXTRAS = {
         "torch==2.13.0",
         "transformers==5.23.0",
         "haversine==2.9.0",
-        "scipy>=1.11",
     ],
     "tpu": ["jax[tpu]==0.10.2"],
     "cuda": ["jax[cuda12]==0.10.2"],
