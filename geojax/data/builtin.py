@@ -29,7 +29,7 @@ import numpy as np
 
 from geojax.data import records, render
 
-FORMAT_VERSION = 1  # bump when sampling, labels, clues or the record layout change
+FORMAT_VERSION = 3  # bump when sampling, labels, clues or the record layout change
 DEFAULT_PARAMS = {"seed": 0, "n_train": 4000, "n_test": 400, "image_size": 112, "sea_fraction": 0.1}
 SPLITS = ("train", "test")
 HOLDOUT_CELL_DEG = 0.25  # train/test hold-out granularity (~28 km)
@@ -223,7 +223,7 @@ def _clues_and_reasoning(stats: render.TileStats, b: int, renderer: render.TileR
     clues += [texture, colour]
     continent = gaz.continent(str(gaz.country_code[row])) or rasters.continents[center]
     sentences.append(f"The land has {texture}, the map's mark for {continent}.")
-    sentences.append(f"The {colour} at the centre is the fill of {country}, and its region tint points to {state}.")
+    sentences.append(f"The {colour} around the centre is the fill of {country}, and its region tint points to {state}.")
   if 0.03 < stats.land_frac[b] < 0.97:
     clues.append("coastline")
   if stats.snow_frac[b] > 0.05:

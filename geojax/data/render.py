@@ -9,7 +9,8 @@ Cues, from coarse to fine, so that a small model can learn location at several l
 - country: a fill colour hashed from the ISO code, with dark country borders;
 - region (admin1): a brightness tint hashed from the region, with thin region borders;
 - city: dots for the nearest cities, coloured by a hash of the city and sized by proximity;
-- latitude: colour temperature, snow at high latitude, sand in the dry subtropical interiors, 5-degree graticule.
+- latitude and climate: colour temperature, snow at high latitude, sand in subtropical interiors with almost
+  no settlements (deserts), a 5-degree graticule.
 Open sea carries no cue (plain water), so far-offshore tiles are not locatable.
 """
 from __future__ import annotations
@@ -303,7 +304,7 @@ class TileStats:
   n_countries: np.ndarray
   n_regions: np.ndarray
   n_cities: np.ndarray  # gazetteer cities within the tile's half-span of the centre
-  center_country: np.ndarray  # country index at the centre pixel (0 = sea)
+  center_country: np.ndarray  # country index at the centre, else the tile's most common land country (0 = none)
   center_region: np.ndarray  # region index at the centre pixel (-1 = sea)
   nearest_city: np.ndarray  # gazetteer row of the biggest (nearest) dot, -1 when no dot is drawn
 
@@ -330,7 +331,7 @@ class TileRenderer:
     self.continent_texture = np.stack([_texture(k, image_size) for k in names])  # [K, S, S]
     self.texture_of_country = np.array([names.index(k) for k in kinds], np.int32)
     self.tree = spatial.cKDTree(unit_vectors(cities.lat, cities.lon))
-    self.town_grid = _town_grid(cities)
+    self.town_grid, self.town_density = _town_grid(cities)
     self.scale = image_size / 112.0
     self.discs = [_disc(r * self.scale) for r in (3.6, 2.6, 1.6)]
     self.rings = [_disc((r + 1.0) * self.scale) for r in (3.6, 2.6, 1.6)]
@@ -377,8 +378,13 @@ class TileRenderer:
 
     # Land: country fill x region tint, then climate blends (sand in dry interiors, snow, colour temperature).
     rgb = self.country_rgb[country] * self.region_tint[region][..., None]
-    sand = land & (abs_lat >= 15) & (abs_lat <= 35) & (coast >= 250)
-    w_sand = np.where(sand, np.clip((coast - 250) / 250, 0.25, 0.55), 0).astype(np.float32)
+    # Dry interiors: subtropical, inland and nearly empty of settlements (a stand-in for climate data).
+    grid_rows, grid_cols = self.town_grid.shape
+    town_rows = np.clip(((90.0 - plat) / TOWN_CELL_DEG).astype(np.int64), 0, grid_rows - 1)
+    town_cols = ((plon + 180.0) / TOWN_CELL_DEG).astype(np.int64) % grid_cols
+    density = self.town_density[town_rows, town_cols]
+    sand = land & (abs_lat >= 14) & (abs_lat <= 35) & (coast >= 120) & (density <= 4)
+    w_sand = np.where(sand, np.where(density <= 1, 0.6, 0.4), 0).astype(np.float32)
     rgb += w_sand[..., None] * (SAND_RGB - rgb)
     w_snow = np.where(land, np.clip((abs_lat - 57) / 12, 0, 0.85), 0).astype(np.float32)
     rgb += w_snow[..., None] * (SNOW_RGB - rgb)
@@ -404,9 +410,7 @@ class TileRenderer:
     rgb *= shade[..., None].astype(np.float32)
 
     # Towns: a dark dot in the cell of the most prominent city of each TOWN_CELL_DEG cell.
-    grid_rows, grid_cols = self.town_grid.shape
-    town = self.town_grid[np.clip(((90.0 - plat) / TOWN_CELL_DEG).astype(np.int64), 0, grid_rows - 1),
-                          ((plon + 180.0) / TOWN_CELL_DEG).astype(np.int64) % grid_cols]
+    town = self.town_grid[town_rows, town_cols]
     safe = np.maximum(town, 0)
     dy = np.abs(plat - self.cities.lat[safe])
     dx = np.abs((plon - self.cities.lon[safe] + 180.0) % 360.0 - 180.0) * np.cos(np.radians(plat))
@@ -451,10 +455,20 @@ class TileRenderer:
       n_countries=_count_distinct(country[sub].reshape(len(lat), -1), 0),
       n_regions=_count_distinct(region[sub].reshape(len(lat), -1), -1),
       n_cities=np.asarray(n_cities),
-      center_country=country[:, c, c],
+      center_country=_main_country(country, c),
       center_region=region[:, c, c],
       nearest_city=nearest_city)
     return images, stats
+
+
+def _main_country(country: np.ndarray, c: int) -> np.ndarray:
+  """Country index at the centre cell, or (centre at sea) the most common land country of the tile."""
+  out = country[:, c, c].copy()
+  for b in np.nonzero(out == 0)[0]:
+    counts = np.bincount(country[b].ravel())
+    counts[0] = 0
+    out[b] = counts.argmax() if counts.max() > 0 else 0
+  return out
 
 
 def _edges(ids: np.ndarray) -> np.ndarray:
@@ -465,8 +479,9 @@ def _edges(ids: np.ndarray) -> np.ndarray:
   return e
 
 
-def _town_grid(cities: CityTable) -> np.ndarray:
-  """int32 [rows, cols] over TOWN_CELL_DEG cells: the gazetteer row of each cell's most prominent city, or -1."""
+def _town_grid(cities: CityTable) -> tuple[np.ndarray, np.ndarray]:
+  """Over TOWN_CELL_DEG cells: int32 [rows, cols] gazetteer row of each cell's most prominent city (-1: none),
+  and int32 [rows, cols] how many gazetteer cities lie in the 3 x 3 cells around each cell (settlement density)."""
   rows, cols = int(round(180 / TOWN_CELL_DEG)), int(round(360 / TOWN_CELL_DEG))
   r = np.clip(((90.0 - cities.lat) / TOWN_CELL_DEG).astype(np.int64), 0, rows - 1)
   c = ((cities.lon + 180.0) / TOWN_CELL_DEG).astype(np.int64) % cols
@@ -476,7 +491,10 @@ def _town_grid(cities: CityTable) -> np.ndarray:
   first = np.concatenate([[True], cell[order][1:] != cell[order][:-1]])
   grid = np.full(rows * cols, -1, np.int32)
   grid[cell[order][first]] = order[first]
-  return grid.reshape(rows, cols)
+  counts = np.bincount(cell, minlength=rows * cols).reshape(rows, cols)
+  padded = np.pad(counts, ((1, 1), (0, 0)))
+  density = sum(np.roll(padded, dc, axis=1)[1 + dr:rows + 1 + dr] for dr in (-1, 0, 1) for dc in (-1, 0, 1))
+  return grid.reshape(rows, cols), density.astype(np.int32)
 
 
 def _stamp(image: np.ndarray, mask: np.ndarray, x: float, y: float, color: np.ndarray) -> None:
