@@ -1,9 +1,10 @@
 """Hard-sample mining as in Geo-R: drop training samples within `radius_km` of any "hotspot" coordinate.
 
 Points become unit vectors; a great-circle distance <= R is a chord length <= c = 2 sin(R / 2 R_earth), so the
-test is exact. Hotspots are binned into cubic voxels of side c and listed under their own and the 26 neighbouring voxels; a
-sample can only be near the hotspots listed under its own voxel, found by one binary search over the sorted voxel
-keys, so the work grows with the number of nearby candidates instead of N x M. A first pass with voxels of side c/2 (diagonal < c) drops every sample
+test is exact. Hotspots are binned into cubic voxels of side c; a sample can only be near hotspots of its own or the 26
+neighbouring voxels. Samples are first compared with the hotspots of their own voxel, then the rest with every
+hotspot listed under the neighbouring voxels (one binary search over sorted voxel keys per sample and pass), so
+the work grows with the number of nearby candidates instead of N x M. A first pass with voxels of side c/2 (diagonal < c) drops every sample
 sharing a voxel with a hotspot without any distance computation, which removes the dense city clusters cheaply.
 """
 from __future__ import annotations
@@ -75,23 +76,28 @@ def near_hotspots(lat, lon, hot_lat, hot_lon, radius_km: float = 200.0,
   if active.size == 0:
     return near
 
-  # Each hotspot is listed under its own and its 26 neighbouring voxels, so one lookup of a sample's voxel finds
-  # every hotspot that can be within the chord.
+  # Pass 1 compares samples with the hotspots of their own voxel (most hits, few candidates). Pass 2 lists every
+  # hotspot under its own and its 26 neighbouring voxels, so one lookup of a remaining sample's voxel finds every
+  # hotspot that can be within the chord.
   vox = _VoxelKeys(max(chord, _MIN_CELL))
   hot_coords = vox.coords(q)
-  offsets = np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij"), -1).reshape(-1, 1, 3)
-  spread_keys = vox.key((hot_coords[None] + offsets).reshape(-1, 3))
-  spread_hot = np.tile(np.arange(q.shape[0]), len(offsets))
-  order = np.argsort(spread_keys, kind="stable")
-  spread_keys, spread_hot = spread_keys[order], spread_hot[order]
-  unique_keys, first, counts_per_key = np.unique(spread_keys, return_index=True, return_counts=True)
-  q_listed = q[spread_hot]
-  sample_keys = vox.key(vox.coords(p[active]))
-  slot = np.minimum(np.searchsorted(unique_keys, sample_keys), len(unique_keys) - 1)
-  rows = np.flatnonzero(unique_keys[slot] == sample_keys)
-  hit_rows = _pairs_within(p[active[rows]], q_listed, first[slot[rows]], counts_per_key[slot[rows]], chord2,
-                           max_pairs)
-  near[active[rows[hit_rows]]] = True
+  own = np.zeros((1, 1, 3), np.int64)
+  neighbours = np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij"), -1).reshape(-1, 1, 3)
+  for offsets in (own, neighbours):
+    if active.size == 0:
+      break
+    keys = vox.key((hot_coords[None] + offsets).reshape(-1, 3))
+    listed = np.tile(np.arange(q.shape[0]), len(offsets))
+    order = np.argsort(keys, kind="stable")
+    keys, listed = keys[order], listed[order]
+    unique_keys, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    sample_keys = vox.key(vox.coords(p[active]))
+    slot = np.minimum(np.searchsorted(unique_keys, sample_keys), len(unique_keys) - 1)
+    rows = np.flatnonzero(unique_keys[slot] == sample_keys)
+    hit_rows = rows[_pairs_within(p[active[rows]], q[listed], first[slot[rows]], counts[slot[rows]], chord2,
+                                  max_pairs)]
+    near[active[hit_rows]] = True
+    active = np.delete(active, hit_rows)
   return near
 
 
