@@ -118,8 +118,8 @@ def preprocess_image(image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_
   levels = np.ascontiguousarray(blocks).reshape(gh * gw, 3, p * p)
   out = np.empty((gh * gw, 3, temporal_patch_size, p * p), np.float32)
   for c in range(3):
-    values = _TABLE[c][levels[:, c]]
+    np.take(_TABLE[c], levels[:, c], out=out[:, c, 0], mode="clip")  # levels are < 256: clip never clips
     # A still image is repeated along the temporal patch axis.
-    for t in range(temporal_patch_size):
-      out[:, c, t] = values
+    for t in range(1, temporal_patch_size):
+      out[:, c, t] = out[:, c, 0]
   return out.reshape(gh * gw, -1), np.array([1, gh, gw], np.int32)
