@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from geojax.models.config import TextConfig
@@ -20,8 +21,8 @@ def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax
   """cos/sin [B, L, head_dim] float32 from positions [3, B, L]: frequency band i uses the temporal, height or
   width position according to `mrope_section` (as transformers' Qwen2VLRotaryEmbedding)."""
   inv_freq = jnp.asarray(inverse_frequencies(cfg.head_dim, cfg.rope_theta))
-  axis_of_band = jnp.asarray(sum(([i % 3] * s for i, s in enumerate(cfg.mrope_section)), []))
-  pos = positions.astype(jnp.float32)[axis_of_band]  # [head_dim/2, B, L]
+  axis_of_band = np.asarray(sum(([i % 3] * s for i, s in enumerate(cfg.mrope_section)), []))
+  pos = jnp.asarray(positions, jnp.float32)[axis_of_band]  # [head_dim/2, B, L]
   angles = jnp.moveaxis(pos, 0, -1) * inv_freq
   angles = jnp.concatenate([angles, angles], axis=-1)
   return jnp.cos(angles), jnp.sin(angles)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geojax.models import QwenVL, load_hf
+from geojax.data.mrope import rope_index
+from geojax.models import QwenVL, grid_tuple, load_hf
 from geojax.models.logprobs import token_logprobs
 from geojax.models.presets import PRESETS, PUBLISHED_PARAMS_B, tiny_config
 from tests.models.test_qwen_vl import CASES, make_batch
@@ -15,20 +16,27 @@ from tests.models.test_qwen_vl import CASES, make_batch
 def test_token_logprobs_values_and_grads_match_full_logits(hf_checkpoint, rng, tie):
   _, path = hf_checkpoint("qwen2_5_vl", tie=tie)
   model = load_hf(path)
-  ids, mask, pixels, grids = make_batch(rng, [[4, (1, 4, 4), 3], [6]])
+  ids, mask, pixels, grids = make_batch(rng, [[4, (1, 4, 4), 3], [6]]) if tie else make_batch(rng, [[5], [9]])
+  positions, _ = rope_index(ids, mask, grids, image_token_id=model.config.image_token_id)
   targets = np.roll(ids, -1, axis=1)
   weights = jnp.asarray(mask, jnp.float32)
+  grid = None if grids is None else grid_tuple(grids)
 
   def full(m):
-    lp = jax.nn.log_softmax(m(ids, mask, pixels, grids) / 0.7)
+    lp = jax.nn.log_softmax(m(ids, mask, pixels, grid, positions) / 0.7)
     return jnp.take_along_axis(lp, jnp.asarray(targets)[..., None], -1)[..., 0]
 
   def chunked(m):
-    return token_logprobs(m, ids, targets, mask, pixels, grids, chunk_size=5, temperature=0.7)
+    return token_logprobs(m, ids, targets, mask, pixels, grid, positions, chunk_size=5, temperature=0.7)
 
-  np.testing.assert_allclose(np.asarray(chunked(model)) * mask, np.asarray(full(model)) * mask, atol=1e-5)
-  g_full = nnx.grad(lambda m: jnp.sum(full(m) * weights))(model)
-  g_chunk = nnx.grad(lambda m: jnp.sum(chunked(m) * weights))(model)
+  @nnx.jit
+  def both(m):
+    lp_full, g_full = nnx.value_and_grad(lambda m: jnp.sum(full(m) * weights))(m)
+    lp_chunk, g_chunk = nnx.value_and_grad(lambda m: jnp.sum(chunked(m) * weights))(m)
+    return chunked(m), full(m), g_full, g_chunk
+
+  lp_chunk, lp_full, g_full, g_chunk = both(model)
+  np.testing.assert_allclose(np.asarray(lp_chunk) * mask, np.asarray(lp_full) * mask, atol=1e-5)
   for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_chunk)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-4)
 
@@ -50,5 +58,5 @@ def test_tiny_config_runs_with_remat_grad(version):
   ids = np.array([[1, 2, 291] + [290] * 4 + [292, 5, 6]], np.int32)
   pixels = np.ones((16, config.vision.patch_dim), np.float32)
   loss = lambda m: jnp.mean(token_logprobs(m, ids, np.roll(ids, -1, 1), None, pixels, np.array([[1, 4, 4]])))
-  value, grads = nnx.value_and_grad(loss)(model)
+  value, grads = nnx.jit(nnx.value_and_grad(loss))(model)
   assert np.isfinite(value) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))

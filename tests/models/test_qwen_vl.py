@@ -38,6 +38,18 @@ def hf_logits(model, ids, mask, pixels, grids):
     return model(**kwargs).logits.numpy()
 
 
+@nnx.jit(static_argnames="grid")
+def _jit_forward(model, ids, mask, pixels, grid, positions):
+  return model(ids, mask, pixels, grid, positions)
+
+
+def forward(model, ids, mask, pixels, grids):
+  """Jitted logits (one compile beats eager's many on a busy CPU), positions from rope_index on the host."""
+  positions, _ = rope_index(ids, mask, grids, image_token_id=model.config.image_token_id)
+  grid = None if grids is None else grid_tuple(grids)
+  return np.asarray(_jit_forward(model, ids, mask, pixels, grid, positions))
+
+
 def rel_err(ours, ref, mask):
   real = mask.astype(bool)
   return float(np.abs(np.asarray(ours)[real] - ref[real]).max() / np.abs(ref[real]).max())
@@ -49,7 +61,7 @@ def test_float32_logits_match_transformers(hf_checkpoint, rng, version, case):
   hf, path = hf_checkpoint(version)
   model = load_hf(path)
   ids, mask, pixels, grids = make_batch(rng, CASES[case])
-  err = rel_err(model(ids, mask, pixels, grids), hf_logits(hf, ids, mask, pixels, grids), mask)
+  err = rel_err(forward(model, ids, mask, pixels, grids), hf_logits(hf, ids, mask, pixels, grids), mask)
   print(f"{version} {case}: max|diff|/max|logit| = {err:.2e}")
   assert err <= 1e-4
 
@@ -60,7 +72,17 @@ def test_tied_embeddings_match_transformers(hf_checkpoint, rng, version):
   model = load_hf(path)
   assert model.language_model.lm_head is None
   ids, mask, pixels, grids = make_batch(rng, CASES["one_image"])
-  assert rel_err(model(ids, mask, pixels, grids), hf_logits(hf, ids, mask, pixels, grids), mask) <= 1e-4
+  assert rel_err(forward(model, ids, mask, pixels, grids), hf_logits(hf, ids, mask, pixels, grids), mask) <= 1e-4
+
+
+def test_eager_call_with_default_positions(hf_checkpoint, rng):
+  """Outside jit, position_ids default to rope_index of the concrete inputs."""
+  hf, path = hf_checkpoint("qwen2_5_vl")
+  model = load_hf(path)
+  ids, mask, pixels, grids = make_batch(rng, [[4], [7]])
+  eager = np.asarray(model(ids, mask))
+  assert rel_err(eager, hf_logits(hf, ids, mask, pixels, grids), mask) <= 1e-4
+  np.testing.assert_allclose(eager, forward(model, ids, mask, pixels, grids), atol=1e-6)
 
 
 @nnx.jit(static_argnames="grid")
@@ -82,7 +104,7 @@ def test_kv_cache_matches_full_forward(hf_checkpoint, rng, version):
   new = rng.integers(0, 90, size=(ids.shape[0], steps)).astype(np.int32)
   full_ids = np.concatenate([ids, new], 1)
   full_mask = np.concatenate([mask, np.ones_like(new)], 1)
-  full = np.asarray(model(full_ids, full_mask, pixels, grids))
+  full = forward(model, full_ids, full_mask, pixels, grids)
 
   pos, deltas = rope_index(ids, mask, grids, image_token_id=tiny_hf.IMAGE_ID)
   cache = model.init_cache(ids.shape[0], ids.shape[1] + steps + 2, jnp.float32)

@@ -8,7 +8,7 @@ from flax import nnx
 from geojax.data.mrope import rope_index
 from geojax.models import grid_tuple, load_hf, make_mesh
 from tests.models import tiny_hf
-from tests.models.test_qwen_vl import CASES, make_batch
+from tests.models.test_qwen_vl import CASES, forward, make_batch
 
 
 @nnx.jit(static_argnames="grid")
@@ -45,11 +45,11 @@ def tiny_patches(grids):
 def test_bfloat16_runs_close_to_float32(hf_checkpoint, rng, version, record_property):
   _, path = hf_checkpoint(version)
   ids, mask, pixels, grids = make_batch(rng, CASES["left_padded_batch_of_3"][:2])
-  f32 = load_hf(path)(ids, mask, pixels, grids)
+  f32 = forward(load_hf(path), ids, mask, pixels, grids)
   bf16_model = load_hf(path, dtype=jnp.bfloat16)
   assert bf16_model.language_model.layers[0].mlp.up_proj.kernel[...].dtype == jnp.bfloat16
-  bf16 = bf16_model(ids, mask, pixels, grids)
-  assert bf16.dtype == jnp.float32 and np.isfinite(np.asarray(bf16)).all()
+  bf16 = forward(bf16_model, ids, mask, pixels, grids)
+  assert bf16.dtype == np.float32 and np.isfinite(bf16).all()
   p = jax.nn.log_softmax(f32)
   q = jax.nn.log_softmax(bf16)
   kl = np.asarray(jnp.sum(jnp.exp(p) * (p - q), -1))[mask.astype(bool)]
