@@ -38,15 +38,15 @@ def _country_names() -> dict[str, str]:
   return {c.alpha_2: getattr(c, "common_name", None) or c.name for c in pycountry.countries}
 
 
-def corpus() -> Iterator[str]:
-  """Deterministic training texts (same order every run)."""
+def corpus(max_places: int | None = None) -> Iterator[str]:
+  """Deterministic training texts (same order every run); `max_places` limits the gazetteer part (tests)."""
   for prompt in PROMPTS.values():
     yield prompt.user
   yield DEFAULT_SYSTEM
   yield "system\nuser\nassistant\n"
   yield REASONING_WORDS
   countries = _country_names()
-  for row in _places():
+  for row in _places()[:max_places]:
     country = countries.get(row["cc"], row["cc"])
     lat, lon = float(row["lat"]), float(row["lon"])
     yield (f"Country: {country} / State: {row['admin1']} / City: {row['name']} / "
@@ -55,7 +55,7 @@ def corpus() -> Iterator[str]:
     yield f"({lat:.4f}, {lon:.4f}) ({-lat:.2f}, {-lon:.2f})"
 
 
-def build(vocab_size: int = 1024) -> tokenizers.Tokenizer:
+def build(vocab_size: int = 1024, max_places: int | None = None) -> tokenizers.Tokenizer:
   tok = tokenizers.Tokenizer(models.BPE(fuse_unk=False, byte_fallback=False))
   tok.normalizer = normalizers.NFC()
   tok.pre_tokenizer = qwen_pre_tokenizer()
@@ -64,7 +64,7 @@ def build(vocab_size: int = 1024) -> tokenizers.Tokenizer:
       vocab_size=vocab_size, min_frequency=2, show_progress=False,
       special_tokens=[tokenizers.AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS],
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-  tok.train_from_iterator(corpus(), trainer=trainer)
+  tok.train_from_iterator(corpus(max_places), trainer=trainer)
   return tok
 
 

