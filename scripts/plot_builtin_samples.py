@@ -1,6 +1,7 @@
 """Plot a grid of built-in dataset samples titled with their Chain-of-Region labels.
 
-  python scripts/plot_builtin_samples.py [--n 12] [--split test] [--out scripts/figures/builtin_samples.png]
+  python scripts/plot_builtin_samples.py [--n 12] [--split test] [--image_size 112]
+                                         [--out scripts/figures/builtin_samples.png]
 
 Builds the default dataset first if it is not cached (~15-30 s).
 """
@@ -36,10 +37,11 @@ def main() -> None:
   parser.add_argument("--n", type=int, default=12)
   parser.add_argument("--split", default="test")
   parser.add_argument("--cols", type=int, default=4)
+  parser.add_argument("--image_size", type=int, default=builtin.DEFAULT_PARAMS["image_size"])
   parser.add_argument("--out", default=str(Path(__file__).parent / "figures" / "builtin_samples.png"))
   args = parser.parse_args()
 
-  data_dir = builtin.build_if_missing()
+  data_dir = builtin.build_if_missing(image_size=args.image_size)
   examples = pick(builtin.load_split(data_dir, args.split), args.n)
   rows = -(-len(examples) // args.cols)
   fig, axes = plt.subplots(rows, args.cols, figsize=(3.6 * args.cols, 4.5 * rows))

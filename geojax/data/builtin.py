@@ -29,7 +29,7 @@ import numpy as np
 
 from geojax.data import records, render
 
-FORMAT_VERSION = 3  # bump when sampling, labels, clues or the record layout change
+FORMAT_VERSION = 4  # bump when sampling, labels, clues or the record layout change
 DEFAULT_PARAMS = {"seed": 0, "n_train": 4000, "n_test": 400, "image_size": 112, "sea_fraction": 0.1}
 SPLITS = ("train", "test")
 HOLDOUT_CELL_DEG = 0.25  # train/test hold-out granularity (~28 km)
@@ -298,7 +298,11 @@ def build(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 4000, n_t
               "record_fields": list(records.RECORD_FIELDS), "serialization": "geojax.data.records", "image_format": "PNG"}
   with open(tmp_dir / "manifest.json", "w") as f:
     json.dump(new_manifest, f, indent=1)
-  # Swap the finished directory in; if a concurrent builder won the race, keep theirs.
+  # Swap the finished directory in; if a concurrent builder of the same parameters won the race, keep theirs.
+  existing = _read_manifest(out_dir)
+  if existing is not None and existing.get("params") == params:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    return {split: split_paths(out_dir, split) for split in SPLITS}
   if out_dir.exists():
     shutil.rmtree(out_dir, ignore_errors=True)
   try:
@@ -318,3 +322,22 @@ def _example(split, i, image, lat, lon, row, locatable, stats, b, renderer, gaz)
                              country=country, admin1=state, city=city,
                              label=format_chain(country, state, city, lat, lon), clues=clues, reasoning=reasoning,
                              locatable=locatable)
+
+
+def main(argv=None) -> None:
+  """CLI: python -m geojax.data.builtin [--out DIR] [--seed 0] [--n_train 4000] [--n_test 400] ..."""
+  import argparse
+  parser = argparse.ArgumentParser(description="Build the built-in geolocation dataset.")
+  parser.add_argument("--out", default=None, help="output directory (default: default_dir() of the parameters)")
+  for key, value in DEFAULT_PARAMS.items():
+    parser.add_argument(f"--{key}", type=type(value), default=value)
+  args = vars(parser.parse_args(argv))
+  out = args.pop("out")
+  start = time.time()
+  data_dir = build_if_missing(out, **args)
+  manifest = _read_manifest(data_dir)
+  print(f"{data_dir}: {manifest['counts']} (built in {manifest['build_seconds']} s; this call {time.time() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+  main()

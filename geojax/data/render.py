@@ -322,7 +322,10 @@ class TileRenderer:
   def __init__(self, rasters: WorldRasters, cities: CityTable, image_size: int = 112,
                span_deg: float = TILE_SPAN_DEG, n_dots: int = 3):
     from scipy import spatial
+    if image_size % 2:
+      raise ValueError(f"image_size must be even, got {image_size}")
     self.rasters, self.cities, self.size, self.span, self.n_dots = rasters, cities, image_size, span_deg, n_dots
+    self.grid = image_size // 2 if image_size >= 112 else image_size  # map cells per side (see __call__)
     self.country_rgb = np.stack([SEA_RGB] + [country_color(c)[0] for c in rasters.codes[1:]]).astype(np.float32)
     self.country_hue_name = [""] + [country_color(c)[1] for c in rasters.codes[1:]]
     self.region_tint = np.array([region_tint(k) for k in rasters.region_keys] + [1.0], np.float32)  # [-1] -> 1.0
@@ -359,19 +362,19 @@ class TileRenderer:
 
   def open_water(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """Whether each tile would be plain deep water (no land, no coastal band), without rendering it."""
-    plat, plon = self.pixel_coordinates(np.asarray(lat, np.float64), np.asarray(lon, np.float64), self.size // 2)
+    plat, plon = self.pixel_coordinates(np.asarray(lat, np.float64), np.asarray(lon, np.float64), self.grid)
     land, _, coast, _ = self._lookup(plat, plon)
     return ~land.any((1, 2)) & (coast.min((1, 2)) >= SHALLOW_KM)
 
   def __call__(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, TileStats]:
     """Tiles uint8 [B, S, S, 3] centred on (lat, lon) in degrees, and facts about each tile.
 
-    The map is computed on an (S/2)^2 grid and upsampled 2x (lines come out 2 px wide, which a 112 px tile
-    needs anyway); texture and city dots are drawn at full resolution.
+    From 112 px up, the map is computed on an (S/2)^2 grid and upsampled 2x (lines come out 2 px wide, which
+    such tiles need anyway); smaller tiles are computed per pixel. Texture and city dots are full resolution.
     """
     lat = np.asarray(lat, np.float64)
     lon = np.asarray(lon, np.float64)
-    s, g = self.size, self.size // 2
+    s, g, up = self.size, self.grid, self.size // self.grid
     plat, plon = self.pixel_coordinates(lat, lon, g)
     land, country, coast, region = self._lookup(plat, plon)
     abs_lat = np.abs(plat).astype(np.float32)  # [B, g, 1]
@@ -418,8 +421,8 @@ class TileRenderer:
     rgb = np.where(((town >= 0) & (dx <= half_cell) & (dy <= half_cell))[..., None], np.float32(35.0), rgb)
 
     # Upsample; the continent texture (full resolution, land only) multiplies the result.
-    rgb = rgb.repeat(2, axis=1).repeat(2, axis=2)
-    texture_id = self.texture_of_country[country].repeat(2, axis=1).repeat(2, axis=2)
+    rgb = rgb.repeat(up, axis=1).repeat(up, axis=2)
+    texture_id = self.texture_of_country[country].repeat(up, axis=1).repeat(up, axis=2)
     rgb *= self.continent_texture[texture_id, np.arange(s)[:, None], np.arange(s)[None, :]][..., None]
 
     # Cities: the nearest gazetteer cities as coloured dots, the nearest biggest and ringed in white.
@@ -447,7 +450,7 @@ class TileRenderer:
     images = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
     c = g // 2
-    sub = (slice(None), slice(None, None, 2), slice(None, None, 2))
+    sub = (slice(None), slice(None, None, max(1, g // 28)), slice(None, None, max(1, g // 28)))
     stats = TileStats(
       land_frac=land.mean((1, 2)),
       snow_frac=((w_snow > 0.35) & land).mean((1, 2)),
