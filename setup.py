@@ -37,6 +37,9 @@ EXTRAS = {
         "torch==2.13.0",
         "transformers==5.23.0",
         "haversine==2.9.0",
+        # geojax.data.tfds_builder (TFDS without TensorFlow); importlib_resources is needed by its code paths
+        "tensorflow-datasets==4.9.10",
+        "importlib_resources>=6",
     ],
     "tpu": ["jax[tpu]==0.10.2"],
     "cuda": ["jax[cuda12]==0.10.2"],
