@@ -1,5 +1,7 @@
 """Published Qwen2-VL / Qwen2.5-VL architectures (values of their config.json files) and tiny test models.
 
+Full-size presets use remat_policy="full" (see geojax.models.memory for the per-chip budget).
+
     config = PRESETS["qwen2.5-vl-7b"]            # a QwenVLConfig
     config = tiny_config("qwen2_5_vl", vocab_size=tok.vocab_size, image_token_id=tok.image_pad_id, ...)
 """
@@ -20,7 +22,7 @@ def _qwen2_vl(vocab, hidden, inter, layers, heads, kv, tie) -> QwenVLConfig:
                     max_position_embeddings=32768, tie_word_embeddings=tie)
   vision = VisionConfig(depth=32, hidden_size=1280, intermediate_size=5120, num_heads=16, out_hidden_size=hidden,
                         hidden_act="quick_gelu", fullatt_block_indexes=tuple(range(32)))
-  return QwenVLConfig(version="qwen2_vl", text=text, vision=vision)
+  return QwenVLConfig(version="qwen2_vl", text=text, vision=vision, remat_policy="full")
 
 
 def _qwen2_5_vl(vocab, hidden, inter, layers, heads, kv, tie, vision_inter, max_pos=128000) -> QwenVLConfig:
@@ -30,7 +32,7 @@ def _qwen2_5_vl(vocab, hidden, inter, layers, heads, kv, tie, vision_inter, max_
   vision = VisionConfig(depth=32, hidden_size=1280, intermediate_size=vision_inter, num_heads=16,
                         out_hidden_size=hidden, hidden_act="silu", window_size=112,
                         fullatt_block_indexes=(7, 15, 23, 31), tokens_per_second=2)
-  return QwenVLConfig(version="qwen2_5_vl", text=text, vision=vision)
+  return QwenVLConfig(version="qwen2_5_vl", text=text, vision=vision, remat_policy="full")
 
 
 PRESETS: dict[str, QwenVLConfig] = {

@@ -29,11 +29,14 @@ def test_token_logprobs_values_and_grads_match_full_logits(hf_checkpoint, rng, t
   def chunked(m):
     return token_logprobs(m, ids, targets, mask, pixels, grid, positions, chunk_size=5, temperature=0.7)
 
+  def loss(fn):
+    return lambda m: (jnp.sum(fn(m) * weights), fn(m))
+
   @nnx.jit
   def both(m):
-    lp_full, g_full = nnx.value_and_grad(lambda m: jnp.sum(full(m) * weights))(m)
-    lp_chunk, g_chunk = nnx.value_and_grad(lambda m: jnp.sum(chunked(m) * weights))(m)
-    return chunked(m), full(m), g_full, g_chunk
+    (_, lp_full), g_full = nnx.value_and_grad(loss(full), has_aux=True)(m)
+    (_, lp_chunk), g_chunk = nnx.value_and_grad(loss(chunked), has_aux=True)(m)
+    return lp_chunk, lp_full, g_full, g_chunk
 
   lp_chunk, lp_full, g_full, g_chunk = both(model)
   np.testing.assert_allclose(np.asarray(lp_chunk) * mask, np.asarray(lp_full) * mask, atol=1e-5)
@@ -60,3 +63,12 @@ def test_tiny_config_runs_with_remat_grad(version):
   loss = lambda m: jnp.mean(token_logprobs(m, ids, np.roll(ids, -1, 1), None, pixels, np.array([[1, 4, 4]])))
   value, grads = nnx.jit(nnx.value_and_grad(loss))(model)
   assert np.isfinite(value) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_memory_plan_orders_remat_policies():
+  from geojax.models.memory import memory_plan
+  config = PRESETS["qwen2.5-vl-7b"]
+  plans = {p: memory_plan(config, remat_policy=p, n_params=8_292_166_656) for p in ("none", "dots", "full")}
+  assert plans["none"].activations > plans["dots"].activations > plans["full"].activations
+  assert abs(plans["full"].params - 8_292_166_656 * 4 / 32 / 2**30) < 1e-9
+  assert plans["full"].total < 32  # 7B GRPO fits a 32 GB v4 chip with full remat
