@@ -1,5 +1,4 @@
 """Grain loader: determinism, sharding, exact resume, worker processes, bad-record accounting."""
-import numpy as np
 import pytest
 
 from geojax.data.batching import ExampleTransform

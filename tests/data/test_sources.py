@@ -5,7 +5,6 @@ import json
 import tarfile
 import zipfile
 
-import numpy as np
 import pytest
 
 from geojax.data.batching import BadRecord, ExampleTransform
