@@ -98,3 +98,8 @@ def test_all_bad_source_fails_clearly(transform):
   bad = [dict(r, image=b"x") for r in fake_records(5)]
   with pytest.raises(ValueError, match="no usable record"):
     _run(bad, transform)
+
+
+def test_default_shard_is_this_jax_process(records, transform):
+  full, _ = _run(records, transform, num_epochs=1)
+  assert _run(records, transform, num_epochs=1, shard_index=None, shard_count=None)[0] == full
