@@ -40,7 +40,7 @@ from flax import nnx
 
 from geojax.data.mrope import rope_index
 from geojax.models.config import QwenVLConfig
-from geojax.models.sharding import shard
+from geojax.models.sharding import rules_context, shard
 from geojax.models.text import TextDecoder
 from geojax.models.vision import VisionTower, grid_tuple
 
@@ -103,13 +103,15 @@ class QwenVL(nnx.Module):
       position_ids = self.positions(input_ids, attention_mask, image_grid_thw)
     if attention_mask is None:
       attention_mask = jnp.ones(input_ids.shape, bool)
-    x = self.embed(input_ids, pixel_values, image_grid_thw)
-    return self.language_model(x, position_ids, attention_mask)
+    with rules_context(self.config.sharding_rules):
+      x = self.embed(input_ids, pixel_values, image_grid_thw)
+      return self.language_model(x, position_ids, attention_mask)
 
   def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
                position_ids=None) -> jax.Array:
     hidden = self.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw, position_ids)
-    return shard(self.language_model.logits(hidden), ("batch", "length", "act_vocab"))
+    with rules_context(self.config.sharding_rules):
+      return shard(self.language_model.logits(hidden), ("batch", "length", "act_vocab"))
 
   # ---------------------------------------------------------------- KV cache
   def init_cache(self, batch: int, max_len: int, dtype=None) -> dict:
@@ -132,7 +134,8 @@ class QwenVL(nnx.Module):
     slots = jnp.arange(valid.shape[1])
     causal = slots[None, :] <= (index + jnp.arange(steps))[:, None]  # [S, T]
     mask = causal[None] & valid[:, None, :]
-    hidden, ks, vs = self.language_model.cached(x, positions, mask, cache["k"], cache["v"], index)
+    with rules_context(self.config.sharding_rules):
+      hidden, ks, vs = self.language_model.cached(x, positions, mask, cache["k"], cache["v"], index)
     cache = dict(cache, k=ks, v=vs, valid=valid, index=index + steps)
     return hidden, cache
 

@@ -8,6 +8,8 @@ every mesh.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Sequence
 
 import jax
@@ -41,6 +43,19 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+_ACTIVE_RULES: contextvars.ContextVar = contextvars.ContextVar("geojax_sharding_rules", default=None)
+
+
+@contextlib.contextmanager
+def rules_context(rules):
+  """Use `rules` (None = DEFAULT_RULES) for `shard` calls inside; the model sets its config's rules."""
+  token = _ACTIVE_RULES.set(rules)
+  try:
+    yield
+  finally:
+    _ACTIVE_RULES.reset(token)
+
+
 def make_mesh(shape: Sequence[int] = (1, -1, 1), axis_names: Sequence[str] = MESH_AXES,
               devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   """A mesh with Auto axis types (jax.make_mesh defaults to Explicit). One -1 in `shape` takes the rest."""
@@ -60,6 +75,7 @@ def make_mesh(shape: Sequence[int] = (1, -1, 1), axis_names: Sequence[str] = MES
 def logical_to_spec(axes: Sequence[str | None], rules=None, shape: Sequence[int] | None = None,
                     mesh_shape: dict[str, int] | None = None) -> PartitionSpec:
   """PartitionSpec for logical `axes`; with `shape` and `mesh_shape`, non-divisible dims stay unsharded."""
+  rules = rules if rules is not None else _ACTIVE_RULES.get()
   table = dict(DEFAULT_RULES if rules is None else rules)
   used: set[str] = set()
   spec = []
@@ -90,7 +106,8 @@ def shard(x: jax.Array, axes: Sequence[str | None], rules=None) -> jax.Array:
 
 
 def param_shardings(state, mesh: jax.sharding.Mesh, rules=None):
-  """NamedShardings for an nnx State of Params that carry `logical_axes` metadata (None leaves replicate)."""
+  """NamedShardings (same tree as `state`, an nnx State of Variables with `logical_axes` metadata; a
+  Variable without it is replicated). Use for optimizer states too: nnx.state(optimizer) keeps the metadata."""
   from flax import nnx
 
   def one(var):
@@ -98,3 +115,14 @@ def param_shardings(state, mesh: jax.sharding.Mesh, rules=None):
     return var.replace(named_sharding(mesh, axes, var.shape, rules))
 
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model, mesh: jax.sharding.Mesh, rules=None):
+  """Move every parameter of an nnx model onto `mesh` by its logical axes (in place); returns the model."""
+  from flax import nnx
+  if rules is None:
+    rules = getattr(getattr(model, "config", None), "sharding_rules", None)
+  state = nnx.state(model)
+  shardings = param_shardings(state, mesh, rules)
+  nnx.update(model, jax.device_put(state, shardings))
+  return model

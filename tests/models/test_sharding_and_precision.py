@@ -56,3 +56,21 @@ def test_bfloat16_runs_close_to_float32(hf_checkpoint, rng, version, record_prop
   print(f"{version} bf16 vs f32: mean KL {kl.mean():.2e}, max KL {kl.max():.2e}")
   record_property("bf16_kl_mean", float(kl.mean()))
   assert kl.mean() < 1e-2
+
+
+def test_rules_table_and_shard_model():
+  from geojax.models import QwenVL, logical_to_spec, shard_model, tiny_config
+  P = jax.sharding.PartitionSpec
+  mesh_shape = {"data": 1, "fsdp": 4, "tensor": 2}
+  assert logical_to_spec(("embed", "kv_heads", "head_dim"), shape=(64, 2, 16), mesh_shape=mesh_shape) == P("fsdp", "tensor", None)
+  assert logical_to_spec(("embed", "kv_heads"), shape=(64, 3), mesh_shape=mesh_shape) == P("fsdp", None)  # 3 % 2
+  assert logical_to_spec(("batch", "length"), shape=(8, 5), mesh_shape=mesh_shape) == P(("data", "fsdp"), None)
+  rules = (("embed", "tensor"), ("mlp", "fsdp"))
+  assert logical_to_spec(("embed", "mlp"), rules, (64, 128), mesh_shape) == P("tensor", "fsdp")
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices")
+  config = tiny_config(vocab_size=256, image_token_id=250, vision_start_token_id=251, vision_end_token_id=252,
+                       video_token_id=253, sharding_rules=rules)
+  model = shard_model(QwenVL(config, rngs=nnx.Rngs(0)), make_mesh((1, 4, 2)))
+  up = model.language_model.layers[0].mlp.up_proj.kernel[...]
+  assert up.sharding.spec == P("tensor", "fsdp"), up.sharding
