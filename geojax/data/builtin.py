@@ -29,7 +29,7 @@ import numpy as np
 
 from geojax.data import records, render
 
-FORMAT_VERSION = 4  # bump when sampling, labels, clues or the record layout change
+FORMAT_VERSION = 5  # bump when sampling, labels, clues or the record layout change
 DEFAULT_PARAMS = {"seed": 0, "n_train": 4000, "n_test": 400, "image_size": 112, "sea_fraction": 0.1}
 SPLITS = ("train", "test")
 HOLDOUT_CELL_DEG = 0.25  # train/test hold-out granularity (~28 km)

@@ -26,7 +26,7 @@ import numpy as np
 
 RASTER_RES_DEG = 0.05  # cell size of the land / country / coast rasters (~5.5 km)
 REGION_RES_DEG = 0.1  # cell size of the region (admin1) raster
-RASTER_VERSION = 1  # bump when the rasterization changes; part of the cache file name
+RASTER_VERSION = 2  # bump when the rasterization changes; part of the cache file name
 TILE_SPAN_DEG = 5.0  # north-south extent of a tile (~556 km); east-west is widened by 1/cos(lat)
 SHALLOW_KM = 45.0  # width of the lighter band of sea along coasts
 TOWN_CELL_DEG = 0.5  # one small town dot per cell of this size (its most prominent city), so density shows
@@ -223,14 +223,16 @@ def _build_rasters(cities: CityTable) -> WorldRasters:
   aq = codes.index("AQ") + 1
   country[int((90 + 60) / RASTER_RES_DEG):][land[int((90 + 60) / RASTER_RES_DEG):]] = aq
   # Land cells the simplified polygons miss take the nearest country; sea cells have none.
-  missing = country == 0
-  _, (ri, ci) = ndimage.distance_transform_edt(missing, return_indices=True)
+  ri, ci = ndimage.distance_transform_edt(country == 0, return_distances=False, return_indices=True)
   country = np.where(land, country[ri, ci], 0).astype(np.int16)
-  # Distance to the coast, in km (cells are ~5.5 km north-south; good enough for shading and clues).
-  km_per_cell = 111.2 * RASTER_RES_DEG
-  to_sea = ndimage.distance_transform_edt(land)
-  to_land = ndimage.distance_transform_edt(~land)
-  coast_km = (np.where(land, to_sea, to_land) * km_per_cell).astype(np.float16)
+  del ri, ci
+  # Distance to the coast (the nearest cell with a neighbour of the other kind), in km: cells are ~5.5 km
+  # north-south, narrower east-west at high latitude; good enough for shading and clues. One transform
+  # serves land and sea alike.
+  coast = np.zeros_like(land)
+  coast[:, :-1] |= land[:, :-1] != land[:, 1:]
+  coast[:-1, :] |= land[:-1, :] != land[1:, :]
+  coast_km = (ndimage.distance_transform_edt(~coast) * (111.2 * RASTER_RES_DEG)).astype(np.float16)
   # Regions: each land cell takes the admin1 of its nearest gazetteer city.
   h2, w2 = int(round(180 / REGION_RES_DEG)), int(round(360 / REGION_RES_DEG))
   factor = int(round(REGION_RES_DEG / RASTER_RES_DEG))
