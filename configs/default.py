@@ -39,6 +39,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.dir = "runs/builtin_data"
   c.data.n_train = 2000
   c.data.n_test = 200
+  c.data.sea_fraction = 0.1         # built-in data: share of open-sea tiles (not locatable)
   c.data.image_size = 56
   c.data.prompt = "coords"          # geojax.data.PROMPTS key
   c.data.answer = "latlon"          # answer format written by SFT targets and parsed for rewards/eval

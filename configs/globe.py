@@ -41,6 +41,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.dir = ""
   c.data.n_train = 0
   c.data.n_test = 0
+  c.data.sea_fraction = 0.1         # built-in data: share of open-sea tiles (not locatable)
   c.data.image_size = 0
   c.data.prompt = "globe"
   c.data.answer = "globe"           # <think>...</think><answer>country: X\ncity: Y</answer>

@@ -17,7 +17,7 @@ import shutil
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
 from geojax import config as gconfig
 from geojax import eval as geval
@@ -69,6 +69,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
+  logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
   out = export(f.config, f.checkpoint, f.out, None if f.step < 0 else f.step, f.dtype or None)
   if jax.process_index() == 0:
     print(f"wrote {out}")

@@ -568,6 +568,7 @@ def _write_results(workdir: str, results: dict) -> None:
 def main(argv: list[str]) -> None:
   del argv
   from absl import flags
+  logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
   try:
     train(flags.FLAGS.config)
   except gconfig.ConfigError as e:
