@@ -9,13 +9,13 @@ TINY = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num_kv_he
 
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
-  """(version, init_std) -> (transformers model, our QwenVL loaded from its save_pretrained directory)."""
+  """(version, init_std, tied) -> (transformers model, our QwenVL loaded from its save_pretrained directory)."""
   cache = {}
 
-  def get(version: str = "qwen2_5_vl", init_std: float | None = 0.2):
-    key = (version, init_std)
+  def get(version: str = "qwen2_5_vl", init_std: float | None = 0.2, tied: bool = False):
+    key = (version, init_std, tied)
     if key not in cache:
-      config = hf_models.hf_config(version, **TINY)
+      config = hf_models.hf_config(version, tie_word_embeddings=tied, **TINY)
       path = str(tmp_path_factory.mktemp(f"sampling_{version}"))
       hf = hf_models.build_hf_model(config, path, init_std=init_std)
       cache[key] = (hf, load_hf(path))

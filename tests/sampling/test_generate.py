@@ -24,9 +24,9 @@ def _hf_greedy(hf, prompts, steps, eos):
   return tokens, logprobs.numpy()
 
 
-@pytest.mark.parametrize("version", ["qwen2_5_vl", "qwen2_vl"])
-def test_greedy_matches_transformers_with_images(tiny_pair, version):
-  hf, model = tiny_pair(version)
+@pytest.mark.parametrize("version,tied", [("qwen2_5_vl", False), ("qwen2_vl", False), ("qwen2_5_vl", True)])
+def test_greedy_matches_transformers_with_images(tiny_pair, version, tied):
+  hf, model = tiny_pair(version, tied=tied)
   prompts = hf_models.make_prompts(hf.config, 4, seed=1)
   ref_tokens, ref_logprobs = _hf_greedy(hf, prompts, 20, hf_models.TINY_EOS)
   ours = _ours(model, prompts, 20, temperature=0.0, eos_token_id=hf_models.TINY_EOS)
@@ -65,10 +65,6 @@ def test_samples_per_prompt_are_prompt_major_and_tiling_modes_agree(tiny_pair):
   assert by_cache.tokens.shape == (6, 8)
   np.testing.assert_array_equal(by_cache.tokens, by_prompt.tokens)
   np.testing.assert_allclose(by_cache.logprobs, by_prompt.logprobs, atol=1e-5)
-  # Greedy with G samples: every row of a group is that prompt's single greedy completion.
-  single = _ours(model, prompts, 8, temperature=0.0)
-  grouped = _ours(model, prompts, 8, temperature=0.0, num_samples=3)
-  np.testing.assert_array_equal(grouped.tokens, np.repeat(single.tokens, 3, axis=0))
   # Different samples of one prompt differ (independent draws per row).
   assert not (by_cache.tokens[0] == by_cache.tokens[1]).all() or not (by_cache.tokens[1] == by_cache.tokens[2]).all()
 
