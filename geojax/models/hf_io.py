@@ -128,8 +128,11 @@ def load_hf(path: str, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
     tensor = to_ours(our_path, np.asarray(raw), expected).astype(param_dtype)
     if tensor.shape != expected:
       raise ValueError(f"tensor {name}: shape {raw.shape} does not fit {our_path} {expected}")
-    sharding = named_sharding(mesh, var.get_metadata().get("logical_axes"), expected, config.sharding_rules) if mesh else None
-    values[our_path] = jax.device_put(tensor, sharding) if sharding is not None else jnp.asarray(tensor)
+    if mesh is None:
+      values[our_path] = jnp.asarray(tensor)
+    else:  # each process hands over only the slices its devices hold (multi-host safe)
+      sharding = named_sharding(mesh, var.get_metadata().get("logical_axes"), expected, config.sharding_rules)
+      values[our_path] = jax.make_array_from_callback(expected, sharding, lambda index, t=tensor: t[index])
   flat = nnx.to_flat_state(state)
   for path_tuple, var in flat:
     key = ".".join(str(p) for p in path_tuple)

@@ -18,6 +18,7 @@ from flax import nnx
 
 from geojax.models.config import VisionConfig
 from geojax.models.layers import ACTIVATIONS, Dense, LayerNorm, RMSNorm, apply_rotary, inverse_frequencies, masked_attention
+from geojax.models.sharding import shard
 from geojax.models.text import REMAT
 
 Grid = tuple[tuple[int, int, int], ...]
@@ -126,7 +127,9 @@ class VisionAttention(nnx.Module):
     q, k, v = apply_rotary(qkv[:, 0], cos, sin), apply_rotary(qkv[:, 1], cos, sin), qkv[:, 2]
     idx, valid = jnp.asarray(seg.idx), jnp.asarray(seg.valid)
     mask = jnp.broadcast_to(valid[:, None, :], valid.shape + valid.shape[-1:])
-    out = masked_attention(q[idx], k[idx], v[idx], mask)  # [G, S, H, hd]
+    # segments (images or windows) are independent: spread them like a batch
+    q, k, v = (shard(t[idx], ("batch", None, "act_heads", None)) for t in (q, k, v))
+    out = masked_attention(q, k, v, mask)  # [G, S, H, hd]
     out = out.reshape(-1, *out.shape[2:])[jnp.asarray(seg.inverse)]
     return self.proj(out)
 
@@ -164,7 +167,7 @@ class VisionBlock(nnx.Module):
 
   def __call__(self, x, cos, sin, seg: Segments):
     x = x + self.attn(self.norm1(x), cos, sin, seg)
-    return x + self.mlp(self.norm2(x))
+    return shard(x + self.mlp(self.norm2(x)), ("batch", "act_embed"))
 
 
 class PatchMerger(nnx.Module):
@@ -207,7 +210,7 @@ class VisionTower(nnx.Module):
       raise ValueError(f"pixel_values has {pixel_values.shape[0]} patches but image_grid_thw {grid} needs {n_patches}")
     plan = vision_plan(grid, self.cfg, self.version)
     merge_area = self.cfg.spatial_merge_size ** 2
-    x = self.patch_embed(pixel_values)
+    x = shard(self.patch_embed(pixel_values), ("batch", "act_embed"))  # patches of whole images per shard
     if plan.order is not None:
       x = x.reshape(-1, merge_area, x.shape[-1])[jnp.asarray(plan.order)].reshape(x.shape)
     cos, sin = vision_cos_sin(plan.positions, self.cfg)
