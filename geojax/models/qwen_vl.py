@@ -147,7 +147,8 @@ class QwenVL(nnx.Module):
       attention_mask = jnp.ones(input_ids.shape, jnp.int32)
     if position_ids is None:
       position_ids = self.positions(input_ids, attention_mask, image_grid_thw)
-    x = self.embed(input_ids, pixel_values, image_grid_thw)
+    with rules_context(self.config.sharding_rules):
+      x = self.embed(input_ids, pixel_values, image_grid_thw)
     hidden, cache = self._cached_pass(x, position_ids, attention_mask, cache)
     real = attention_mask.astype(bool)[None]
     cache["next_pos"] = (jnp.max(jnp.where(real, position_ids, -1), axis=(0, 2)) + 1).astype(jnp.int32)
