@@ -69,3 +69,72 @@ def test_config_round_trip(hf_checkpoint):
     with open(os.path.join(path, "config.json")) as f:
       config = QwenVLConfig.from_hf(json.load(f))
     assert QwenVLConfig.from_hf(config.to_hf()) == config
+
+
+def test_bfloat16_checkpoints_load_and_export(hf_checkpoint, rng, tmp_path):
+  """Published checkpoints are bfloat16 safetensors; exports may be too."""
+  import ml_dtypes
+  hf, _ = hf_checkpoint("qwen2_5_vl")
+  bf16_dir, out_dir = tmp_path / "bf16", tmp_path / "out"
+  hf_bf16 = _hf_class("qwen2_5_vl")(hf.config).eval()
+  hf_bf16.load_state_dict(hf.state_dict())
+  hf_bf16.to(torch.bfloat16).save_pretrained(str(bf16_dir))
+  hf_rounded = _hf_class("qwen2_5_vl")(hf.config).eval()  # bf16-rounded weights, float32 buffers and compute
+  hf_rounded.load_state_dict({k: v.to(torch.float32) for k, v in hf_bf16.state_dict().items()})
+  model = load_hf(str(bf16_dir))
+  ids, mask, pixels, grids = make_batch(rng, CASES["one_image"])
+  want = hf_logits(hf_rounded, ids, mask, pixels, grids)
+  assert np.abs(forward(model, ids, mask, pixels, grids) - want).max() <= 1e-5 * np.abs(want).max()
+  save_hf(model, str(out_dir), dtype=ml_dtypes.bfloat16)
+  assert json.loads((out_dir / "config.json").read_text())["dtype"] == "bfloat16"
+  reloaded, info = _hf_class("qwen2_5_vl").from_pretrained(str(out_dir), output_loading_info=True,
+                                                            dtype=torch.float32)  # f32 rotary buffers
+  assert not info["missing_keys"] and not info["unexpected_keys"]
+  got = hf_logits(reloaded.eval(), ids, mask, pixels, grids)
+  assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+# config.json of the published checkpoints (flat text fields, rope_scaling), as on the hub.
+QWEN2_5_VL_7B_CONFIG = {
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+    "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656, "hidden_act": "silu",
+    "hidden_size": 3584, "initializer_range": 0.02, "intermediate_size": 18944, "max_position_embeddings": 128000,
+    "max_window_layers": 28, "model_type": "qwen2_5_vl", "num_attention_heads": 28, "num_hidden_layers": 28,
+    "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.41.2", "use_cache": True,
+    "use_sliding_window": False,
+    "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
+                      "num_heads": 16, "in_chans": 3, "out_hidden_size": 3584, "patch_size": 14,
+                      "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
+                      "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2},
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 152064,
+}
+QWEN2_VL_2B_CONFIG = {
+    "architectures": ["Qwen2VLForConditionalGeneration"], "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+    "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656, "hidden_act": "silu",
+    "hidden_size": 1536, "initializer_range": 0.02, "intermediate_size": 8960, "max_position_embeddings": 32768,
+    "max_window_layers": 28, "model_type": "qwen2_vl", "num_attention_heads": 12, "num_hidden_layers": 28,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.41.2", "use_cache": True,
+    "use_sliding_window": False,
+    "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
+                      "hidden_size": 1536, "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14,
+                      "temporal_patch_size": 2},
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 151936,
+}
+
+
+@pytest.mark.parametrize("name,published", [("qwen2.5-vl-7b", QWEN2_5_VL_7B_CONFIG), ("qwen2-vl-2b", QWEN2_VL_2B_CONFIG)])
+def test_published_flat_configs_match_presets(name, published):
+  from transformers import AutoConfig
+
+  from geojax.models import PRESETS, QwenVLConfig
+  ours = QwenVLConfig.from_hf(published)
+  preset = PRESETS[name].replace(remat_policy="none")
+  assert ours.text == preset.text and ours.vision == preset.vision
+  # our nested export reads back in transformers as the same architecture
+  hf = AutoConfig.for_model(**ours.to_hf())
+  assert hf.text_config.hidden_size == published["hidden_size"]
+  assert hf.vision_config.depth == 32 and hf.image_token_id == 151655
