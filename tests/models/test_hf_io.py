@@ -8,7 +8,6 @@ import torch
 
 from geojax.models import load_hf, save_hf
 from geojax.models.safetensors_io import SafetensorsFile, write_file
-from tests.models import tiny_hf
 from tests.models.test_qwen_vl import CASES, forward, hf_logits, make_batch
 
 

@@ -9,7 +9,7 @@ from geojax.data.mrope import rope_index
 from geojax.models import QwenVL, grid_tuple, load_hf
 from geojax.models.logprobs import token_logprobs
 from geojax.models.presets import PRESETS, PUBLISHED_PARAMS_B, tiny_config
-from tests.models.test_qwen_vl import CASES, make_batch
+from tests.models.test_qwen_vl import make_batch
 
 
 @pytest.mark.parametrize("tie", [False, True])

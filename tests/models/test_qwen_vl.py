@@ -1,5 +1,4 @@
 """QwenVL logits against transformers, the KV cache against the full forward, and input checks."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
