@@ -11,10 +11,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 @pytest.fixture(scope="session")
 def builtin_dir(tmp_path_factory):
-  """64 train / 16 test tiles of the built-in dataset (what configs/default.py trains on), marked as built."""
+  """64 train / 16 test tiles of the built-in dataset (what configs/default.py trains on)."""
   from geojax.data import builtin
   path = str(tmp_path_factory.mktemp("builtin"))
-  builtin.build(path, seed=0, n_train=64, n_test=16, image_size=56)
-  with open(os.path.join(path, "_BUILT"), "w") as f:
-    f.write("{}")
+  builtin.build(path, seed=0, n_train=64, n_test=16, image_size=56, sea_fraction=0.1)
   return path
