@@ -91,6 +91,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.grpo.advantage = "grpo"
   c.grpo.agg = "sequence-mean-token-mean"
   c.grpo.rewards = ml_collections.ConfigDict({"exp_distance": 1.0})
+  c.grpo.reward_params = ml_collections.ConfigDict({"exp_distance": {"tau_km": 1492.7}})  # GeoScore's scale
   c.grpo.combine = "sum"            # sum | product of the weighted rewards
   c.grpo.reward_model = ""          # checkpoint of a locatability reward model (GLOBE); off when empty
 

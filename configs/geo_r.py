@@ -95,6 +95,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # paper's variant is --config.grpo.rewards="{'geo_r_distance_paper': 1.0, 'geo_r_format': 1.0}" with
   # --config.grpo.combine=product.
   c.grpo.rewards = ml_collections.ConfigDict({"geo_r_distance": 1.0, "geo_r_format": 1.0})
+  c.grpo.reward_params = ml_collections.ConfigDict()  # per-reward keyword arguments, e.g. exp_distance.tau_km
   c.grpo.combine = "sum"
   c.grpo.reward_model = ""
 

@@ -94,6 +94,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.grpo.agg = "sequence-mean-token-mean"
   c.grpo.rewards = ml_collections.ConfigDict({"globe_accuracy": 1.0, "globe_visual": 0.5, "globe_format": 1.0,
                                               "locatability": 0.5})  # locatability: only with reward_model
+  c.grpo.reward_params = ml_collections.ConfigDict()  # per-reward keyword arguments, e.g. exp_distance.tau_km
   c.grpo.combine = "sum"
   c.grpo.reward_model = ""          # local HF dir of a locatability VLM; empty turns that reward off
 

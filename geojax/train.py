@@ -411,7 +411,8 @@ def compute_rewards(texts: list[str], batch: dict, group: int, gc: ml_collection
                                         clues=keep(batch["clues"]), country=keep(batch["country"]),
                                         admin1=keep(batch["admin1"]), city=keep(batch["city"]))
   weights = {k: float(v) for k, v in gc.rewards.items() if k != LOCATABILITY}
-  total, per = score(texts, targets, weights, fmt=answer_fmt, combine=gc.combine, gaz=gaz)
+  params = {name: dict(kwargs) for name, kwargs in gc.reward_params.items()}
+  total, per = score(texts, targets, weights, fmt=answer_fmt, combine=gc.combine, gaz=gaz, params=params)
   weight = float(gc.rewards.get(LOCATABILITY, 0.0))
   if locatability is not None and weight:
     per[LOCATABILITY] = np.repeat(locatability, group).astype(np.float32)
