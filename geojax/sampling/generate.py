@@ -192,6 +192,12 @@ def _model_mesh(state) -> jax.sharding.Mesh | None:
   return None
 
 
+@functools.cache
+def _greedy_key() -> jax.Array:
+  """Placeholder key for greedy calls (never drawn from), made once rather than dispatched per call."""
+  return jax.random.key(0)
+
+
 def _eos_tuple(eos_token_id) -> tuple[int, ...]:
   if eos_token_id is None:
     return ()
@@ -255,7 +261,7 @@ def generate(
   if rng is None:
     if not settings.greedy:
       raise ValueError("sampling (temperature > 0) needs rng=jax.random.key(...)")
-    rng = jax.random.key(0)
+    rng = _greedy_key()
   eos_ids = _eos_tuple(eos_token_id)
   if pad_token_id is None:
     pad_token_id = eos_ids[0] if eos_ids else 0
@@ -279,7 +285,8 @@ def generate(
   if pixel_values is not None:
     pixel_values = jnp.asarray(pixel_values)
 
-  plan = _Plan(int(max_new_tokens), settings, eos_ids, int(pad_token_id), int(num_samples), tile,
+  plan = _Plan(int(max_new_tokens), settings, eos_ids, int(pad_token_id), int(num_samples),
+               "cache" if num_samples == 1 else tile,
                None if pixel_values is None else grid)
   head = _decode_head(model)
   graphdef, state = nnx.split(model)

@@ -47,6 +47,17 @@ class Choice(NamedTuple):
   #                              0 for greedy, where that distribution is a point mass.
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+  """int32 index of the first maximum along the last axis (torch.argmax / jnp.argmax semantics for finite x).
+
+  A max reduce plus a min reduce over masked indices: ~10x faster on XLA:CPU than jnp.argmax's variadic reduce,
+  which matters once per decode step over the whole vocabulary."""
+  top = jnp.max(x, axis=-1, keepdims=True)
+  index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  first = jnp.min(jnp.where(x == top, index, x.shape[-1]), axis=-1)
+  return jnp.minimum(first, x.shape[-1] - 1)  # all-NaN rows: last index rather than out of range
+
+
 def _top_p_keep(sorted_logits: jax.Array, top_p: float) -> jax.Array:
   """Keep mask over logits sorted in descending order: a token stays while the mass strictly above it < top_p.
 
@@ -84,11 +95,12 @@ def choose(logits: jax.Array, key: jax.Array, settings: SamplingSettings) -> Cho
   logits = logits.astype(jnp.float32)
   policy_logprobs = jax.nn.log_softmax(logits, axis=-1)
   if settings.greedy:
-    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    token = first_argmax(logits)
     logprob = jnp.take_along_axis(policy_logprobs, token[:, None], axis=-1)[:, 0]
     return Choice(token, logprob, jnp.zeros_like(logprob))
   candidates, ids = filtered_candidates(logits, settings)
-  slot = jax.random.categorical(key, candidates, axis=-1).astype(jnp.int32)
+  # Gumbel-max draw (what jax.random.categorical does), with the fast argmax.
+  slot = first_argmax(candidates + jax.random.gumbel(key, candidates.shape, jnp.float32))
   sampling_logprob = jnp.take_along_axis(jax.nn.log_softmax(candidates, axis=-1), slot[:, None], axis=-1)[:, 0]
   token = slot if ids is None else jnp.take_along_axis(ids, slot[:, None], axis=-1)[:, 0].astype(jnp.int32)
   logprob = jnp.take_along_axis(policy_logprobs, token[:, None], axis=-1)[:, 0]
@@ -99,7 +111,7 @@ def filtered_probs(logits: jax.Array, settings: SamplingSettings) -> jax.Array:
   """The full-vocabulary distribution `choose` samples from, [B, V] (one-hot argmax when greedy). For tests."""
   logits = logits.astype(jnp.float32)
   if settings.greedy:
-    return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+    return jax.nn.one_hot(first_argmax(logits), logits.shape[-1], dtype=jnp.float32)
   candidates, ids = filtered_candidates(logits, settings)
   probs = jax.nn.softmax(candidates, axis=-1)
   if ids is None:

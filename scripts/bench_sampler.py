@@ -1,0 +1,177 @@
+"""Sampler throughput: geojax.sampling.generate vs transformers' generate, same weights, same prompts, same run.
+
+    JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 python scripts/bench_sampler.py [--sizes toy,0.5b] [--modes greedy,sample]
+
+Each size is a random-weight Qwen2.5-VL built in transformers (torch, CPU), saved with save_pretrained and loaded
+into geojax with load_hf, so both sides run the same weights in float32. Batch 8 left-padded prompts with one
+small image each, 64 new tokens. tokens/s = generated tokens (up to and including EOS) / wall time of the whole
+call (vision tower + prefill + decode, host inputs to host tokens). geojax's compile time is excluded from the
+timed runs and printed separately.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from geojax.models import load_hf  # noqa: E402
+from geojax.sampling import generate  # noqa: E402
+from tests.sampling import hf_models  # noqa: E402
+
+SIZES = {
+    # ~2M parameters: the size of the unit-test models, where per-step overhead dominates.
+    "toy": dict(vocab_size=2048, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=512,
+                vision_hidden=64, vision_depth=2, vision_heads=2, tie_word_embeddings=False),
+    # The Qwen2.5-0.5B language model (tied embeddings) with a small vision tower.
+    "0.5b": dict(vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
+                 intermediate_size=4864, vision_hidden=128, vision_depth=2, vision_heads=2, tie_word_embeddings=True),
+}
+MODES = {
+    "greedy": dict(ours=dict(temperature=0.0), hf=dict(do_sample=False)),
+    "sample": dict(ours=dict(temperature=1.0, top_k=50, top_p=0.95),
+                   hf=dict(do_sample=True, temperature=1.0, top_k=50, top_p=0.95)),
+}
+
+
+def _count(tokens: np.ndarray, eos: int) -> int:
+  """Generated tokens up to and including each row's first EOS."""
+  total = 0
+  for row in tokens:
+    hits = np.flatnonzero(row == eos)
+    total += int(hits[0]) + 1 if hits.size else row.size
+  return total
+
+
+def _pick_torch_threads(run_hf, choice: str) -> int:
+  """Warm torch up and give it its faster thread count (timed on 8 new tokens): with other work on the cores,
+  2 intra-op threads can be many times slower than 1 (spinning workers); on an idle machine 2 may win."""
+  candidates = [1, 2] if choice == "best" else [int(choice)]
+  timings = {}
+  for n in candidates:
+    torch.set_num_threads(n)
+    run_hf(0, 8)  # warm-up (allocator, kernels)
+    start = time.perf_counter()
+    run_hf(0, 8)
+    timings[n] = time.perf_counter() - start
+  best = min(timings, key=timings.get)
+  torch.set_num_threads(best)
+  return best
+
+
+def bench_size(name: str, modes: list[str], batch: int, new_tokens: int, reps: int, grid: tuple[int, int],
+               torch_threads: str = "best") -> list:
+  config = hf_models.hf_config("qwen2_5_vl", **SIZES[name])
+  with tempfile.TemporaryDirectory() as path:
+    hf = hf_models.build_hf_model(config, path)
+    ours = load_hf(path)
+  n_params = sum(p.numel() for p in hf.parameters())
+  prompts = hf_models.make_prompts(config, batch, grid_hw=grid, seed=0)
+  eos = config.text_config.eos_token_id
+  torch_inputs = prompts.torch_inputs(config.image_token_id)
+  rows = []
+  for mode in modes:
+    settings = MODES[mode]
+
+    def run_ours(seed):
+      result = generate(ours, prompts.input_ids, prompts.attention_mask, prompts.pixel_values, prompts.image_grid_thw,
+                        max_new_tokens=new_tokens, rng=jax.random.key(seed), eos_token_id=eos,
+                        pad_token_id=prompts.pad_id, **settings["ours"])
+      return np.asarray(result.tokens)
+
+    def run_hf(seed, steps=new_tokens):
+      torch.manual_seed(seed)
+      with torch.no_grad():
+        out = hf.generate(**torch_inputs, max_new_tokens=steps, eos_token_id=eos, pad_token_id=prompts.pad_id,
+                          **settings["hf"])
+      return out[:, prompts.input_ids.shape[1]:].numpy()
+
+    start = time.perf_counter()
+    run_ours(0)
+    first_call = time.perf_counter() - start
+    threads = _pick_torch_threads(run_hf, torch_threads)
+    times = {"geojax": [], "transformers": []}
+    counts = {"geojax": 0, "transformers": 0}
+    for rep in range(reps):
+      for label, fn in (("geojax", run_ours), ("transformers", run_hf)):
+        start = time.perf_counter()
+        tokens = fn(rep + 1)
+        times[label].append(time.perf_counter() - start)
+        counts[label] += _count(tokens, eos)
+    tps = {k: counts[k] / sum(times[k]) for k in times}
+    compile_s = first_call - min(times["geojax"])
+    rows.append(dict(size=name, params=n_params, mode=mode, ours=tps["geojax"], hf=tps["transformers"],
+                     threads=threads, ratio=tps["geojax"] / tps["transformers"], compile_s=compile_s,
+                     ours_s=min(times["geojax"]), hf_s=min(times["transformers"])))
+    print(f"{name:5s} {n_params / 1e6:7.1f}M {mode:6s} geojax {tps['geojax']:9.1f} tok/s  transformers "
+          f"{tps['transformers']:9.1f} tok/s ({threads} thr)  ratio {rows[-1]['ratio']:6.2f}x  "
+          f"(compile {compile_s:.1f}s; best call {rows[-1]['ours_s']:.3f}s vs {rows[-1]['hf_s']:.3f}s)", flush=True)
+  return rows
+
+
+def bench_tiling(name: str, prompts_n: int, group: int, new_tokens: int, reps: int, grid: tuple[int, int]) -> None:
+  """geojax alone: G samples per prompt by tiling the prefilled KV cache vs tiling the prompts before prefill."""
+  config = hf_models.hf_config("qwen2_5_vl", **SIZES[name])
+  with tempfile.TemporaryDirectory() as path:
+    hf_models.build_hf_model(config, path)
+    ours = load_hf(path)
+  prompts = hf_models.make_prompts(config, prompts_n, grid_hw=grid, seed=0)
+  for tile in ("cache", "prompt"):
+    def run(seed):
+      result = generate(ours, prompts.input_ids, prompts.attention_mask, prompts.pixel_values, prompts.image_grid_thw,
+                        max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=0.95, rng=jax.random.key(seed),
+                        eos_token_id=config.text_config.eos_token_id, num_samples=group, tile=tile)
+      return np.asarray(result.tokens)
+    start = time.perf_counter()
+    run(0)
+    first = time.perf_counter() - start
+    times = []
+    for rep in range(reps):
+      start = time.perf_counter()
+      run(rep + 1)
+      times.append(time.perf_counter() - start)
+    print(f"{name:5s} {prompts_n} prompts x G={group} tile={tile:6s} best call {min(times):.3f}s  "
+          f"(first call {first:.1f}s)", flush=True)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", default="toy,0.5b")
+  parser.add_argument("--modes", default="greedy,sample")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--new_tokens", type=int, default=64)
+  parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--grid", default="8x8", help="image patch grid h x w (8x8 = a 112x112 image, 16 tokens)")
+  parser.add_argument("--torch_threads", default="best", help="'best' (faster of 1 and 2, chosen per mode) or N")
+  parser.add_argument("--tiling_group", type=int, default=0,
+                      help="if > 0, instead time geojax's two ways of drawing G samples per prompt (batch/G prompts)")
+  args = parser.parse_args()
+  grid = tuple(int(v) for v in args.grid.split("x"))
+  if args.tiling_group:
+    for name in args.sizes.split(","):
+      bench_tiling(name, max(args.batch // args.tiling_group, 1), args.tiling_group, args.new_tokens, args.reps, grid)
+    return
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} cores), torch {torch.__version__}; "
+        f"batch {args.batch}, {args.new_tokens} new tokens, image grid {grid}")
+  rows = []
+  for name in args.sizes.split(","):
+    rows += bench_size(name, args.modes.split(","), args.batch, args.new_tokens, args.reps, grid, args.torch_threads)
+  print("\n| size | params | mode | geojax tok/s | transformers tok/s (threads) | ratio | geojax compile s |")
+  print("|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['mode']} | {r['ours']:.1f} | {r['hf']:.1f} ({r['threads']}) "
+          f"| "
+          f"{r['ratio']:.2f}x | {r['compile_s']:.1f} |")
+
+
+if __name__ == "__main__":
+  main()
