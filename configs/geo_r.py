@@ -22,7 +22,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.runtime.coordinator_address = ""
   c.runtime.num_processes = 0
   c.runtime.process_id = -1
-  c.runtime.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # params sharded over "model" (fsdp)
+  c.runtime.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # FSDP over all devices
   c.runtime.matmul_precision = "default"
 
   c.model = ml_collections.ConfigDict()

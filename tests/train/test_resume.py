@@ -44,11 +44,11 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, builtin_
   _truncate_checkpoints(mid_sft, "sft", 2)
   shutil.rmtree(os.path.join(mid_sft, "grpo"))
   os.remove(os.path.join(mid_sft, "sft", "metrics.jsonl"))
-  train.train(tiny_config(mid_sft, builtin_dir, **{"grpo.steps": 1}))
+  train.train(tiny_config(mid_sft, builtin_dir, stages=("sft",)))
   sft_resumed = losses(mid_sft, "sft")
+  assert sorted(sft_resumed) == [3, 4]
   for step in (3, 4):
     np.testing.assert_allclose(sft_resumed[step], sft_full[step], rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(losses(mid_sft, "grpo")[1], grpo_full[1], rtol=1e-5, atol=1e-7)
 
 
 def test_nan_loss_stops_with_a_clear_error_and_the_last_good_checkpoint(tmp_path, builtin_dir, monkeypatch):
