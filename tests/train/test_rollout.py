@@ -68,3 +68,23 @@ def test_schedule_warmup_then_cosine():
   updates, _ = tx.update({"a": jnp.ones(2), "b": jnp.ones(2)}, tx.init(params), params)
   new = optax.apply_updates(params, updates)
   assert not np.allclose(new["a"], 1.0) and np.allclose(new["b"], 1.0)
+
+
+def test_locatability_reward_model_scores_probabilities(tmp_path, builtin_dir):
+  """GLOBE's locatability reward from a VLM directory (here a random tiny one written by save_hf)."""
+  import shutil
+  from geojax.data.tokenizer import TINY_TOKENIZER_PATH
+  from geojax.models import save_hf
+  config = tiny_config(str(tmp_path / "run"), builtin_dir)
+  mesh = geval.setup_runtime(config)
+  tokenizer = geval.load_tokenizer_for(config)
+  with jax.set_mesh(mesh):
+    reward_dir = str(tmp_path / "reward_model")
+    save_hf(geval.build_model(config, tokenizer, mesh), reward_dir)
+    shutil.copy(TINY_TOKENIZER_PATH, f"{reward_dir}/tokenizer.json")
+    reward_model = train.RewardModel(reward_dir, config, mesh)
+    records = geval.load_records(config, "train")[:3]
+    transform = geval.example_transform(config, tokenizer, "rl")
+    batch = transform.collate([transform(r) for r in records])
+    scores = reward_model(batch)
+  assert scores.shape == (3,) and np.all((scores > 0) & (scores < 1))
