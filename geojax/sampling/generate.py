@@ -113,6 +113,11 @@ def _decode_head(model) -> jax.Array | None:
   return head
 
 
+def release_cached_head() -> None:
+  """Frees the CPU decode copy of a tied LM head (see the module docstring)."""
+  _HEAD_CACHE.clear()
+
+
 def _sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, rng, head,
                  plan: _Plan) -> GenerateResult:
   """Traced body: prefill, then decode until max_new_tokens or every row has emitted EOS."""
