@@ -84,7 +84,7 @@ def test_one_compile_per_static_signature(tiny_pair):
 
 def test_sharded_model_gives_the_same_completions(tiny_pair, tmp_path):
   from geojax.models import load_hf, make_mesh
-  hf, model = tiny_pair()
+  hf, model = tiny_pair(tied=True)  # tied: also covers the decode copy of the LM head under a mesh
   hf.save_pretrained(str(tmp_path))
   mesh = make_mesh((2, 2, 2))
   sharded = load_hf(str(tmp_path), mesh=mesh)
