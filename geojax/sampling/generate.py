@@ -11,8 +11,12 @@ tiled G times (`tile="cache"`) or the prompts are tiled before prefill (`tile="p
 
 One compile per static signature: batch and prompt shapes, image grid, max_new_tokens, sampling settings,
 EOS/pad ids, num_samples, and the model's graph. jax.jit's cache keys on exactly those, so repeated calls with
-the same shapes reuse the executable (see `compiled_signatures`). The KV cache lives only inside the jitted
-function, so XLA updates it in place across the while loop; the loop stops as soon as every row has hit EOS.
+the same shapes reuse the executable (see `compiled_signatures`). The KV cache is created inside the jitted
+function and never crosses its boundary (nothing to donate): XLA updates it in place across the while loop,
+which stops as soon as every row has hit EOS.
+
+On CPU, a model with a tied LM head decodes with a [D, V] copy of the embedding, made once per embedding array
+and kept (for the latest one only) until a call with another; `release_cached_head()` frees it.
 """
 from __future__ import annotations
 
