@@ -44,7 +44,8 @@ def test_choice_logprobs_are_policy_and_sampling_logprobs():
   np.testing.assert_allclose(np.asarray(pick.sampling_logprob), np.log(warped), atol=1e-5)
 
 
-def test_first_step_samples_follow_warped_model_distribution(tiny_pair, temperature=0.9, top_k=30, top_p=0.8):
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, None, None), (1.0, None, 0.8), (0.9, 30, 0.8)])
+def test_first_step_samples_follow_warped_model_distribution(tiny_pair, temperature, top_k, top_p):
   """Many samples of one prompt's first token vs transformers' warped softmax of its logits: chi-square."""
   hf, model = tiny_pair("qwen2_5_vl", None)  # default init: a spread-out next-token distribution
   prompts = hf_models.make_prompts(hf.config, 1, seed=7)
