@@ -92,8 +92,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.grpo.agg = "sequence-mean-token-mean"
   # The released code sums the distance reward (750/3000 km) and a format reward. Its format regex never
   # matched a coordinate (a known defect), so ours checks the documented "(lat, lon)" answer instead. The
-  # paper's variant is --config.grpo.rewards="{'geo_r_distance_paper': 1.0, 'geo_r_format': 1.0}" with
-  # --config.grpo.combine=product.
+  # paper's reward is the variant `:paper`: distance (750/2500 km) x format.
   c.grpo.rewards = ml_collections.ConfigDict({"geo_r_distance": 1.0, "geo_r_format": 1.0})
   c.grpo.reward_params = ml_collections.ConfigDict()  # per-reward keyword arguments, e.g. exp_distance.tau_km
   c.grpo.combine = "sum"
@@ -118,8 +117,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.log.tensorboard = True
   c.log.progress = True
 
-  if variant == "3b":  # the model of the released RL script
-    c.model.preset = "qwen2.5-vl-3b"
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} of configs/geo_r.py (known: 3b)")
+  for name in filter(None, variant.split(",")):  # e.g. configs/geo_r.py:3b,paper
+    if name == "3b":  # the model of the released RL script
+      c.model.preset = "qwen2.5-vl-3b"
+    elif name == "paper":  # the paper's reward: distance with 750/2500 km breakpoints, times format
+      c.grpo.rewards = ml_collections.ConfigDict({"geo_r_distance_paper": 1.0, "geo_r_format": 1.0})
+      c.grpo.combine = "product"
+    else:
+      raise ValueError(f"unknown variant {name!r} of configs/geo_r.py (known: 3b, paper)")
   return c

@@ -42,7 +42,7 @@ def test_unknown_reward_names_the_key():
 
 
 @pytest.mark.parametrize("spec", ["configs/default.py", "configs/default.py:ci", "configs/geo_r.py",
-                                  "configs/globe.py", "configs/globe.py:sft"])
+                                  "configs/geo_r.py:3b,paper", "configs/globe.py", "configs/globe.py:sft"])
 def test_shipped_configs_pass_checks(spec, tmp_path):
   overrides = []
   if "geo_r" in spec or "globe" in spec:  # the recipes need a model directory; any directory passes the check
@@ -57,6 +57,10 @@ def test_recipe_settings():
   assert (geo_r.grpo.temperature, geo_r.grpo.top_k, geo_r.grpo.top_p) == (0.9, 50, 1.0)
   assert (geo_r.data.max_prompt_len, geo_r.grpo.max_new_tokens) == (512, 256)
   assert dict(geo_r.grpo.rewards) == {"geo_r_distance": 1.0, "geo_r_format": 1.0}
+  assert geo_r.grpo.combine == "sum"
+  paper = gconfig.load(os.path.join(ROOT, "configs/geo_r.py:paper"))
+  assert (dict(paper.grpo.rewards), paper.grpo.combine) == (
+      {"geo_r_distance_paper": 1.0, "geo_r_format": 1.0}, "product")
   globe = gconfig.load(os.path.join(ROOT, "configs/globe.py"))
   assert (globe.grpo.group_size, globe.grpo.temperature, globe.grpo.top_p, globe.grpo.top_k) == (16, 1.0, 0.9, 50)
   assert (globe.grpo.max_new_tokens, globe.grpo.beta, globe.grpo.warmup_ratio) == (1024, 0.001, 0.01)
