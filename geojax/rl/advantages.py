@@ -10,6 +10,8 @@ from typing import Callable, Protocol, Sequence
 
 import jax.numpy as jnp
 
+from geojax.rl.registry import add_to
+
 # Geo-R's and GLOBE's code (TRL) add this to the group std before dividing.
 DEFAULT_EPS = 1e-4
 
@@ -30,9 +32,7 @@ def register_advantage(name: str, *, multi_reward: bool = False) -> Callable[[Ad
   """Decorator adding an estimator to `ADVANTAGE_ESTIMATORS` under `name`."""
 
   def wrap(fn: AdvantageEstimator) -> AdvantageEstimator:
-    if name in ADVANTAGE_ESTIMATORS:
-      raise ValueError(f"advantage estimator {name!r} is already registered")
-    ADVANTAGE_ESTIMATORS[name] = fn
+    add_to(ADVANTAGE_ESTIMATORS, name, fn, "advantage estimator")
     if multi_reward:
       MULTI_REWARD_KINDS.add(name)
     return fn

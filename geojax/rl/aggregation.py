@@ -10,6 +10,8 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from geojax.rl.registry import add_to
+
 Aggregation = Callable[..., jnp.ndarray]
 
 AGGREGATIONS: dict[str, Aggregation] = {}
@@ -18,13 +20,7 @@ AGGREGATIONS: dict[str, Aggregation] = {}
 def register_aggregation(name: str) -> Callable[[Aggregation], Aggregation]:
   """Decorator adding `fn(values, mask, *, max_len) -> scalar` to `AGGREGATIONS` under `name`."""
 
-  def wrap(fn: Aggregation) -> Aggregation:
-    if name in AGGREGATIONS:
-      raise ValueError(f"loss aggregation {name!r} is already registered")
-    AGGREGATIONS[name] = fn
-    return fn
-
-  return wrap
+  return lambda fn: add_to(AGGREGATIONS, name, fn, "loss aggregation")
 
 
 def _mean_over_nonempty_sequences(per_sequence: jnp.ndarray, tokens_per_sequence: jnp.ndarray) -> jnp.ndarray:

@@ -11,6 +11,8 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from geojax.rl.registry import add_to
+
 KLEstimator = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 KL_ESTIMATORS: dict[str, KLEstimator] = {}
@@ -19,13 +21,7 @@ KL_ESTIMATORS: dict[str, KLEstimator] = {}
 def register_kl(name: str) -> Callable[[KLEstimator], KLEstimator]:
   """Decorator adding `fn(logprobs, ref_logprobs) -> per-token KL` to `KL_ESTIMATORS` under `name`."""
 
-  def wrap(fn: KLEstimator) -> KLEstimator:
-    if name in KL_ESTIMATORS:
-      raise ValueError(f"KL estimator {name!r} is already registered")
-    KL_ESTIMATORS[name] = fn
-    return fn
-
-  return wrap
+  return lambda fn: add_to(KL_ESTIMATORS, name, fn, "KL estimator")
 
 
 @register_kl("k1")
