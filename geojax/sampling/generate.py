@@ -33,6 +33,7 @@ from flax import nnx
 from geojax.data.mrope import rope_index
 from geojax.models.sharding import shard
 from geojax.models.vision import grid_tuple
+from geojax.sampling import decode
 from geojax.sampling.logits import SamplingSettings, choose
 
 CACHE_AXES = ("batch", "cache_length", "kv_heads", "head_dim")
@@ -87,15 +88,6 @@ def _tile_images(pixel_values: jax.Array, grid, times: int):
   return jnp.concatenate(parts, axis=0), tuple(g for g in grid for _ in range(times))
 
 
-class _HeadKernel:
-  """Stands in for a Dense LM head (TextDecoder.logits reads `lm_head.kernel[...]`) holding a [D, V] copy of the
-  tied embedding. XLA's CPU dot streams a [V, D] operand contracted on D about 1.6x slower than a [D, V] one, and
-  the LM head is the largest matmul of a small model's decode step."""
-
-  def __init__(self, kernel: jax.Array):
-    self.kernel = kernel
-
-
 _transpose = jax.jit(jnp.transpose)
 _HEAD_CACHE: dict[int, tuple[weakref.ref, jax.Array]] = {}
 
@@ -103,7 +95,8 @@ _HEAD_CACHE: dict[int, tuple[weakref.ref, jax.Array]] = {}
 def _decode_head(model) -> jax.Array | None:
   """On CPU, the tied embedding transposed to [D, V], computed once per embedding array (kept for the latest one).
 
-  None when the model has an untied head, or off CPU (TPU/GPU pick dot layouts themselves)."""
+  XLA's CPU dot streams a [V, D] operand contracted on D about 1.6x slower than a [D, V] one, and the LM head is
+  the largest matmul of a small model's decode step. None when the model has an untied head, or off CPU (TPU/GPU pick dot layouts themselves)."""
   text = getattr(model, "language_model", None)
   if jax.default_backend() != "cpu" or getattr(text, "lm_head", 1) is not None or not hasattr(text, "embed_tokens"):
     return None
@@ -142,8 +135,12 @@ def _sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, r
   logits, cache = model.prefill(input_ids, attention_mask, position_ids, pixel_values, grid, cache)
   if plan.tile == "cache":
     cache, logits = _tile_cache(cache, group), _repeat_rows(logits, group)
-  if head is not None:
-    model.language_model.lm_head = _HeadKernel(head)
+  if decode.supports(model):
+    weights = decode.prepare(model.language_model, head)
+    cache = decode.to_decode_cache(cache)
+    decode_step = lambda token, cache: decode.step(model, weights, token, cache)
+  else:
+    decode_step = lambda token, cache: model.decode_step(token, None, cache)
 
   eos = jnp.asarray(plan.eos_ids or (-1,), jnp.int32)
   pad = jnp.int32(plan.pad_id)
@@ -170,7 +167,7 @@ def _sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, r
 
   def step(carry):
     t, token, done, cache, out = carry
-    logits, cache = model.decode_step(token, None, cache)
+    logits, cache = decode_step(token, cache)
     pick = choose(logits, jax.random.fold_in(rng, t), plan.settings)
     done, out = record(t, pick, done, out)
     return t + 1, pick.token, done, cache, out
