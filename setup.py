@@ -23,6 +23,7 @@ CORE = [
     "global-land-mask==1.0.0",
     "array-record>=0.8",
     "pillow>=10",
+    "numba==0.68.1",  # geojax.data.resize and patchify: Pillow-exact kernels, vectorized
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
     "tqdm>=4.66",

@@ -1,17 +1,21 @@
 """Qwen2-VL image preprocessing: smart resize, bicubic resampling, rescale + normalize, patchify.
 
-Produces exactly what transformers' `Qwen2VLImageProcessorPil` produces, but faster: the image is resized as a PIL
-image without numpy round trips, and rescale + normalize + patchify is one lookup-table gather from the uint8
-pixels straight into the patch layout (the table holds the reference's float64-rescale, float32-normalize values,
-so results are bit-identical).
+Produces exactly what transformers' `Qwen2VLImageProcessorPil` produces, several times faster: the bicubic resize is
+`geojax.data.resize` (Pillow's integer arithmetic in vectorized numba kernels), and rescale + normalize + patchify is
+one pass of table lookups from the resized pixels straight into the patch layout (the table holds the reference's
+float64-rescale, float32-normalize value of each uint8 level, so results are bit-identical).
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 
+import numba
 import numpy as np
 from PIL import Image
+
+from geojax.data.resize import packed_pixels, resize_packed
 
 # CLIP statistics used by Qwen2-VL (transformers OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -109,17 +113,41 @@ def preprocess_image(image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_
     if gh % merge_size or gw % merge_size:
       raise ValueError(f"grid bucket {(gh, gw)} is not a multiple of merge_size {merge_size}")
     rh, rw = gh * patch_size, gw * patch_size
-  resized = rgb.resize((rw, rh), resample=Image.Resampling.BICUBIC)
-  pixels = np.asarray(resized)  # [rh, rw, 3] uint8
-  gh, gw = rh // patch_size, rw // patch_size
-  m, p = merge_size, patch_size
-  # [gh/m, m, p, gw/m, m, p, C] -> [gh/m, gw/m, m(h), m(w), C, p(h), p(w)]: done on uint8, so the copy is cheap.
-  blocks = pixels.reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)
-  levels = np.ascontiguousarray(blocks).reshape(gh * gw, 3, p * p)
-  out = np.empty((gh * gw, 3, temporal_patch_size, p * p), np.float32)
-  for c in range(3):
-    np.take(_TABLE[c], levels[:, c], out=out[:, c, 0], mode="clip")  # levels are < 256: clip never clips
-    # A still image is repeated along the temporal patch axis.
-    for t in range(1, temporal_patch_size):
-      out[:, c, t] = out[:, c, 0]
-  return out.reshape(gh * gw, -1), np.array([1, gh, gw], np.int32)
+  resized = resize_packed(packed_pixels(rgb), (rw, rh))
+  return _patchify_kernel(patch_size, merge_size, temporal_patch_size)(resized, _TABLE), \
+      np.array([1, rh // patch_size, rw // patch_size], np.int32)
+
+
+@functools.cache
+def _patchify_kernel(patch: int, merge: int, temporal: int):
+  """A numba kernel with the patch geometry baked in as constants (so the 14-pixel runs unroll and vectorize):
+  [H, W] packed RGBX pixels, [3, 256] table -> [gh * gw, 3 * temporal * patch**2] float32, patches in merge-window
+  order (merge x merge neighbouring patches are consecutive), each laid out (channel, time, row, column). A still
+  image is repeated along the time axis."""
+  area = patch * patch
+
+  @numba.njit(cache=True, nogil=True)
+  def patchify(pixels, table):
+    gh, gw = pixels.shape[0] // patch, pixels.shape[1] // patch
+    out = np.empty((gh * gw, 3 * temporal * area), np.float32)
+    i = 0
+    for by in range(gh // merge):
+      for bx in range(gw // merge):
+        for my in range(merge):
+          for mx in range(merge):
+            y0, x0 = (by * merge + my) * patch, (bx * merge + mx) * patch
+            for c in range(3):
+              shift = 8 * c
+              levels = table[c]
+              for py in range(patch):
+                line = pixels[y0 + py]
+                start = c * temporal * area + py * patch
+                for px in range(patch):
+                  out[i, start + px] = levels[(line[x0 + px] >> shift) & 255]
+                for t in range(1, temporal):
+                  for px in range(patch):
+                    out[i, start + t * area + px] = out[i, start + px]
+            i += 1
+    return out
+
+  return patchify
