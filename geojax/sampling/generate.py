@@ -28,12 +28,11 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from geojax.data.mrope import rope_index
 from geojax.models.sharding import shard
 from geojax.models.vision import grid_tuple
-from geojax.sampling import decode
+from geojax.sampling import decode, split_cache
 from geojax.sampling.logits import SamplingSettings, choose
 
 CACHE_AXES = ("batch", "cache_length", "kv_heads", "head_dim")
@@ -177,10 +176,10 @@ def _sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, r
   return GenerateResult(*out)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "plan"))
-def _generate_jit(graphdef, state, input_ids, attention_mask, position_ids, pixel_values, rng, head, *,
-                  plan: _Plan):
-  model = nnx.merge(graphdef, state)
+@functools.partial(jax.jit, static_argnames=("static", "plan"))
+def _generate_jit(static: split_cache.StaticModel, params, input_ids, attention_mask, position_ids, pixel_values,
+                  rng, head, *, plan: _Plan):
+  model = static.merge(params)
   return _sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, rng, head, plan)
 
 
@@ -189,9 +188,9 @@ def compiled_signatures() -> int:
   return _generate_jit._cache_size()
 
 
-def _model_mesh(state) -> jax.sharding.Mesh | None:
+def _model_mesh(params) -> jax.sharding.Mesh | None:
   """The mesh the parameters live on, if they are sharded with NamedShardings over more than one device."""
-  for leaf in jax.tree.leaves(state):
+  for leaf in params:
     sharding = getattr(leaf, "sharding", None)
     if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
       return sharding.mesh
@@ -295,9 +294,9 @@ def generate(
                "cache" if num_samples == 1 else tile,
                None if pixel_values is None else grid)
   head = _decode_head(model)
-  graphdef, state = nnx.split(model)
-  mesh = _model_mesh(state)
-  call = functools.partial(_generate_jit, graphdef, state, input_ids, attention_mask, position_ids, pixel_values,
+  static, params = split_cache.split(model)
+  mesh = _model_mesh(params)
+  call = functools.partial(_generate_jit, static, params, input_ids, attention_mask, position_ids, pixel_values,
                            rng, head, plan=plan)
   if mesh is None:
     return call()
