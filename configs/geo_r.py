@@ -90,6 +90,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.grpo.eps_high = 0.2
   c.grpo.advantage = "grpo"
   c.grpo.agg = "sequence-mean-token-mean"
+  c.grpo.dynamic_sampling = False  # DAPO: train on groups whose rewards differ, rolling out more batches to find them
+  c.grpo.max_rollouts = 4          # rollouts per step at most with dynamic_sampling (short: uninformative groups fill)
   # The released code sums the distance reward (750/3000 km) and a format reward. Its format regex never
   # matched a coordinate (a known defect), so ours checks the documented "(lat, lon)" answer instead. The
   # paper's reward is the variant `:paper`: distance (750/2500 km) x format.

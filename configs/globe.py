@@ -92,6 +92,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.grpo.eps_high = 0.2
   c.grpo.advantage = "grpo"
   c.grpo.agg = "sequence-mean-token-mean"
+  c.grpo.dynamic_sampling = False  # DAPO: train on groups whose rewards differ, rolling out more batches to find them
+  c.grpo.max_rollouts = 4          # rollouts per step at most with dynamic_sampling (short: uninformative groups fill)
   c.grpo.rewards = ml_collections.ConfigDict({"globe_accuracy": 1.0, "globe_visual": 0.5, "globe_format": 1.0,
                                               "locatability": 0.5})  # locatability: only with reward_model
   c.grpo.reward_params = ml_collections.ConfigDict()  # per-reward keyword arguments, e.g. exp_distance.tau_km

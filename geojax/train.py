@@ -14,9 +14,13 @@ The GRPO step, in order (JAX dispatch is asynchronous, so the host works while t
   2. dispatch the reference policy's log-probabilities of those tokens (for the KL term);
   3. meanwhile on the host: decode the completions, score them (geojax.geo.score), group advantages;
   4. dispatch the update: GRPO loss of the rollout tokens exactly as sampled (never re-tokenized text).
+With grpo.dynamic_sampling (DAPO), steps 1 and 3 repeat on further batches until grpo.batch_size groups whose
+rewards differ are found (at most grpo.max_rollouts rollouts; uninformative groups fill any shortfall), then 2 and
+4 run on the chosen groups.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -35,11 +39,13 @@ from flax import nnx
 from geojax import config as gconfig
 from geojax import eval as geval
 from geojax import runtime
+from geojax.data.batching import concat_examples, take_examples
 from geojax.data.pipeline import make_loader
 from geojax.geo import GeoTargets, Gazetteer, format_table, score
 from geojax.models import grid_tuple
 from geojax.models.logprobs import token_logprobs
-from geojax.rl import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, group_advantages, grpo_loss
+from geojax.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, group_advantages, group_rows, grpo_loss,
+                       informative_groups, select_groups)
 from geojax.runtime.metrics import summary
 from geojax.sampling import generate
 from geojax.sft import next_token_targets, sft_loss, trainable_mask
@@ -109,6 +115,7 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   gconfig.check_range(c, "grpo.eps_high", 0.0)
   gconfig.check_choice(c, "grpo.advantage", sorted(k for k in ADVANTAGE_ESTIMATORS if k != "multi"))
   gconfig.check_choice(c, "grpo.agg", sorted(AGGREGATIONS))
+  gconfig.check_range(c, "grpo.max_rollouts", 1)
   gconfig.check_choice(c, "grpo.combine", ("sum", "product"))
   for name, weight in g.rewards.items():
     if name not in REWARDS and name != LOCATABILITY:
@@ -346,9 +353,8 @@ def _train_loop(stage: Stage, loader, step_fn, evaluate_fn):
   bar = runtime.progress(sc.steps, initial=start_step, desc=stage.name, enabled=stage.config.log.progress)
   try:
     while stage.step < sc.steps:
-      batch = next(loader)
-      data_state = loader.get_state()  # the position after this step's batch: what a resume continues from
-      metrics = step_fn(batch)
+      metrics = step_fn(next(loader))
+      data_state = loader.get_state()  # after every batch this step read: what a resume continues from
       runtime.check_finite(stage.step, metrics)
       stage.log(metrics, start_time, start_step)
       bar.update(1)
@@ -461,38 +467,125 @@ def run_grpo(config, model, tokenizer, mesh, writer, train_records, evaluate_fn)
         functools.partial(loss_fn, grid=micro_grid, prompt_len=prompt_len), state["params"], seq, n_micro)
     return apply_update(stage.tx, state, grads, loss, metrics)
 
-  def step_fn(batch) -> dict:
-    step = stage.step
-    grid = grid_tuple(batch["image_grid_thw"])
-    prompt_len = int(np.asarray(batch["input_ids"]).shape[1])
-    rollout_grid = tuple(g for g in grid for _ in range(group))
-    # 1. sample on the current policy
-    out = generate(stage.model(), batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                   batch["image_grid_thw"], position_ids=batch["position_ids"], max_new_tokens=gc.max_new_tokens,
-                   temperature=gc.temperature, top_k=gc.top_k or None, top_p=gc.top_p,
-                   rng=jax.random.fold_in(base_key, step), eos_token_id=tokenizer.eos_id,
-                   pad_token_id=tokenizer.pad_id, num_samples=group)
-    prompt = _shard_batch(batch, mesh, PROMPT_KEYS)
-    tokens, lengths = out.tokens, out.lengths  # stay on device
-    # 2. the reference pass is dispatched before the host scores rewards, so the two overlap
-    ref_lp = (reference_logprobs(ref_params, prompt, tokens, lengths, rollout_grid, prompt_len)
-              if ref_params is not None else None)
-    locatability = reward_model(batch) if reward_model is not None else None
-    # 3. on the host: decode, score, advantages
-    tokens_host, lengths_host = runtime.to_host(out.tokens), runtime.to_host(out.lengths)
+  def sample(batch, rng):
+    return generate(stage.model(), batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                    batch["image_grid_thw"], position_ids=batch["position_ids"], max_new_tokens=gc.max_new_tokens,
+                    temperature=gc.temperature, top_k=gc.top_k or None, top_p=gc.top_p, rng=rng,
+                    eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, num_samples=group)
+
+  def score_rollout(batch, tokens_host, lengths_host):
     texts = geval.decode_completions(tokenizer, tokens_host, lengths_host)
+    locatability = reward_model(batch) if reward_model is not None else None
     rewards, per_reward = compute_rewards(texts, batch, group, gc, config.data.answer, gaz, locatability)
+    return Rollout(batch, tokens_host, lengths_host, texts, rewards, per_reward)
+
+  def plain_rollout(batch, key):
+    """One rollout; the reference pass is dispatched before the host scores rewards, so the two overlap."""
+    out = sample(batch, key)
+    grid = grid_tuple(batch["image_grid_thw"])
+    prompt = _shard_batch(batch, mesh, PROMPT_KEYS)
+    ref_lp = (reference_logprobs(ref_params, prompt, out.tokens, out.lengths, tuple(g for g in grid for _ in range(group)),
+                                 int(np.asarray(batch["input_ids"]).shape[1])) if ref_params is not None else None)
+    rollout = score_rollout(batch, runtime.to_host(out.tokens), runtime.to_host(out.lengths))
+    return rollout, prompt, out.tokens, out.lengths, ref_lp, {}
+
+  def dynamic_rollout(batch, key):
+    """DAPO's dynamic sampling: rollouts of further batches until batch_size informative groups are found."""
+    rollouts = [score_rollout(batch, *map(runtime.to_host, _tokens_lengths(sample(batch, key))))]
+    while _informative_count(rollouts, group) < gc.batch_size and len(rollouts) < gc.max_rollouts:
+      more = next(loader)
+      rollouts.append(score_rollout(more, *map(runtime.to_host, _tokens_lengths(
+          sample(more, jax.random.fold_in(key, len(rollouts)))))))
+    rollout, info = _select_informative(rollouts, group, gc.batch_size)
+    batch = rollout.batch
+    grid = grid_tuple(batch["image_grid_thw"])
+    prompt = _shard_batch(batch, mesh, PROMPT_KEYS)
+    tokens, lengths = runtime.put_global(rollout.tokens, mesh), runtime.put_global(rollout.lengths, mesh)
+    ref_lp = (reference_logprobs(ref_params, prompt, tokens, lengths, tuple(g for g in grid for _ in range(group)),
+                                 int(np.asarray(batch["input_ids"]).shape[1])) if ref_params is not None else None)
+    return rollout, prompt, tokens, lengths, ref_lp, info
+
+  def step_fn(batch) -> dict:
+    key = jax.random.fold_in(base_key, stage.step)
+    # 1-3: sample on the current policy, reference log-probs, rewards on the host
+    rollout, prompt, tokens, lengths, ref_lp, info = (dynamic_rollout if gc.dynamic_sampling else plain_rollout)(
+        batch, key)
+    batch = rollout.batch
+    grid = grid_tuple(batch["image_grid_thw"])
     example = np.repeat(np.asarray(batch["example_mask"]) > 0, group)
-    advantages = np.asarray(group_advantages(jnp.asarray(rewards), group, gc.advantage), np.float32)
+    advantages = np.asarray(group_advantages(jnp.asarray(rollout.rewards), group, gc.advantage), np.float32)
     advantages = np.where(example, advantages, 0.0).astype(np.float32)
     # 4. the update
     stage.state, metrics = train_step(stage.state, prompt, tokens, lengths, runtime.put_global(advantages, mesh),
-                                      ref_lp, rollout_grid, prompt_len)
+                                      ref_lp, tuple(g for g in grid for _ in range(group)),
+                                      int(np.asarray(batch["input_ids"]).shape[1]))
     metrics = _host_metrics(metrics)
-    metrics.update(_rollout_metrics(rewards, per_reward, lengths_host, texts, batch, group, config, gaz, example))
+    metrics.update(_rollout_metrics(rollout.rewards, rollout.per_reward, rollout.lengths, rollout.texts, batch,
+                                    group, config, gaz, example))
+    metrics.update(info)
     return metrics
 
   return _train_loop(stage, loader, step_fn, evaluate_fn)
+
+
+@dataclasses.dataclass
+class Rollout:
+  """One rollout on the host: the prompt batch (B examples) and its B*G scored completions (group-major rows)."""
+  batch: dict
+  tokens: np.ndarray     # [B*G, N]
+  lengths: np.ndarray    # [B*G]
+  texts: list
+  rewards: np.ndarray    # [B*G]
+  per_reward: dict
+
+
+def _tokens_lengths(out):
+  return out.tokens, out.lengths
+
+
+def _shape_key(batch: dict) -> tuple:
+  return tuple(np.asarray(batch["image_grid_thw"])[0]), np.asarray(batch["input_ids"]).shape[1]
+
+
+def _group_rewards(rollout: Rollout, group: int) -> np.ndarray:
+  """Rewards with the groups of filler examples zeroed, so they never count as informative."""
+  example = np.repeat(np.asarray(rollout.batch["example_mask"]) > 0, group)
+  return np.where(example, rollout.rewards, 0.0)
+
+
+def _informative_count(rollouts: list[Rollout], group: int) -> int:
+  """Informative groups among the rollouts whose batch shape has the most of them (only those can be joined)."""
+  counts: dict[tuple, int] = {}
+  for r in rollouts:
+    key = _shape_key(r.batch)
+    counts[key] = counts.get(key, 0) + int(informative_groups(_group_rewards(r, group), group).sum())
+  return max(counts.values())
+
+
+def _select_informative(rollouts: list[Rollout], group: int, n_groups: int) -> tuple[Rollout, dict[str, float]]:
+  """`n_groups` groups of one batch shape, informative ones first (the shape with the most of them), as one
+  Rollout; uninformative groups fill a shortfall, so shapes stay static."""
+  by_shape: dict[tuple, list[Rollout]] = {}
+  for r in rollouts:
+    by_shape.setdefault(_shape_key(r.batch), []).append(r)
+  chosen = max(by_shape.values(), key=lambda rs: sum(int(informative_groups(_group_rewards(r, group), group).sum())
+                                                      for r in rs))
+  rewards = np.concatenate([_group_rewards(r, group) for r in chosen])
+  index, informative = select_groups(rewards, group, n_groups)
+  rows = group_rows(index, group)
+  texts = [t for r in chosen for t in r.texts]
+  merged = Rollout(
+      batch=take_examples(concat_examples([r.batch for r in chosen]), index),
+      tokens=np.concatenate([r.tokens for r in chosen])[rows],
+      lengths=np.concatenate([r.lengths for r in chosen])[rows],
+      texts=[texts[i] for i in rows],
+      rewards=np.concatenate([r.rewards for r in chosen])[rows],
+      per_reward={k: np.concatenate([np.asarray(r.per_reward[k]) for r in chosen])[rows] for k in chosen[0].per_reward})
+  seen = sum(len(r.batch["example_mask"]) for r in rollouts)
+  found = sum(int(informative_groups(_group_rewards(r, group), group).sum()) for r in rollouts)
+  return merged, {"dynamic_sampling/rollouts": float(len(rollouts)),
+                  "dynamic_sampling/informative_frac": found / max(seen, 1),
+                  "dynamic_sampling/filled_frac": float(1.0 - np.mean(informative))}
 
 
 def _rollout_metrics(rewards, per_reward, lengths, texts, batch, group, config, gaz, example) -> dict[str, float]:

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from geojax.data.batching import BadRecord, ExampleTransform, bucket_length, collate
+from geojax.data.batching import (BadRecord, ExampleTransform, bucket_length, collate, concat_examples,
+                                  take_examples)
 from geojax.data.chat import PROMPTS, encode_chat
 from geojax.data.image import preprocess_image
 from geojax.data.mrope import rope_index
@@ -95,3 +96,20 @@ def test_empty_caption_and_long_prompt(tok):
 def test_bucket_length():
   assert bucket_length(100, (128, 256)) == 128 and bucket_length(200, (128, 256)) == 256
   assert bucket_length(300, (128, 256)) == 320 and bucket_length(65, ()) == 128
+
+
+def test_take_and_concat_examples_equal_collating_those_examples(tok):
+  """Selecting examples of collated batches (dynamic sampling) gives what collating those examples gives."""
+  records = fake_records(5, shapes=[(56, 112)])
+  t = _transform(tok, "rl", seq_buckets=(256,))
+  features = [t(r) for r in records]
+  first, second = t.collate(features[:3]), t.collate(features[3:])
+  joined = concat_examples([first, second])
+  picked = take_examples(joined, [4, 0, 2])
+  expected = t.collate([features[4], features[0], features[2]])
+  assert sorted(picked) == sorted(expected)
+  for name in expected:
+    np.testing.assert_array_equal(picked[name], expected[name], err_msg=name)
+  other = _transform(tok, "rl", seq_buckets=(256,))
+  with pytest.raises(ValueError, match="different shapes"):
+    concat_examples([first, other.collate([other(r) for r in fake_records(1, shapes=[(56, 56)])])])
