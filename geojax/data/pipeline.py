@@ -126,14 +126,20 @@ class _BucketBatchIterator(grain.DatasetIterator):
     self._epoch = 0
     self._bad_counts: collections.Counter = collections.Counter()
     self._bad_reported_epoch = -1
+    # The epoch and bad-record counts when the current window began: saved with the state, because a restore
+    # re-reads (and recounts) the window, so the epoch's report after a resume equals an uninterrupted run's.
+    self._window_epoch = 0
+    self._window_bad: dict[str, int] = {}
 
   def _report_bad(self, epoch: int) -> None:
-    if self._bad_counts and epoch > self._bad_reported_epoch:
-      total = sum(self._bad_counts.values())
-      reasons = ", ".join(f"{r}: {n}" for r, n in self._bad_counts.most_common())
-      logging.warning("%s: skipped %d bad records in epoch %d (%s)", self._ds.name, total, epoch, reasons)
+    """Ends `epoch`'s bad-record count, warning once per epoch (a restored run may re-read an epoch's end)."""
+    if epoch > self._bad_reported_epoch:
+      if self._bad_counts:
+        total = sum(self._bad_counts.values())
+        reasons = ", ".join(f"{r}: {n}" for r, n in self._bad_counts.most_common())
+        logging.warning("%s: skipped %d bad records in epoch %d (%s)", self._ds.name, total, epoch, reasons)
       self._bad_reported_epoch = epoch
-      self._bad_counts.clear()
+    self._bad_counts.clear()
 
   def _count_bad(self, bad: _Bad) -> None:
     if bad.epoch != self._epoch:
@@ -153,6 +159,7 @@ class _BucketBatchIterator(grain.DatasetIterator):
   def _fill(self) -> None:
     """Reads the next window and queues its batches (as lists of features)."""
     self._window_start = self._parent.get_state()
+    self._window_epoch, self._window_bad = self._epoch, dict(self._bad_counts)
     self._emitted = 0
     groups: dict[Any, list] = {}
     order: list[tuple[int, Any, list]] = []
@@ -195,7 +202,8 @@ class _BucketBatchIterator(grain.DatasetIterator):
       return self._ds.collate_fn(group, self._ds.batch_size)
 
   def get_state(self) -> dict:
-    return {"window_start": self._window_start, "emitted": self._emitted, "epoch": self._epoch}
+    return {"window_start": self._window_start, "emitted": self._emitted, "epoch": self._window_epoch,
+            "bad_counts": dict(self._window_bad), "reported_epoch": self._bad_reported_epoch}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["window_start"])
@@ -204,7 +212,10 @@ class _BucketBatchIterator(grain.DatasetIterator):
     self._exhausted = False
     self._skip = int(state["emitted"])
     self._emitted = 0
-    self._epoch = int(state.get("epoch", 0))
+    self._epoch = self._window_epoch = int(state.get("epoch", 0))
+    self._bad_counts = collections.Counter(state.get("bad_counts", {}))
+    self._window_bad = dict(self._bad_counts)
+    self._bad_reported_epoch = int(state.get("reported_epoch", self._epoch - 1))
     self._good = max(self._good, 1)  # a restored run has seen good records before
 
 

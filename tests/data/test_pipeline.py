@@ -94,6 +94,22 @@ def test_bad_records_are_reported_once_per_epoch(records, transform, caplog):
   assert "unreadable image" in reports[0] and "NaN" in reports[0] and "out of range" in reports[0]
 
 
+def test_bad_record_counts_survive_a_resume(records, transform, caplog):
+  """The epoch report after a resume counts the bad records read before the interruption too."""
+  full, _ = _run(records, transform)
+  for k in range(1, len(full)):
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+      _run(records, transform, k=k)
+      before = [r.getMessage() for r in caplog.records if "bad records" in r.getMessage()]
+      _, state = _run(records, transform, k=k)
+      caplog.clear()
+      _run(records, transform, state=state)
+    after = [r.getMessage() for r in caplog.records if "bad records" in r.getMessage()]
+    # The uninterrupted run reports each of the 2 epochs once: whatever was not reported before, is after.
+    assert len(before) + len(after) == 2 and all("skipped 3 bad records" in m for m in before + after), (k, after)
+
+
 def test_all_bad_source_fails_clearly(transform):
   bad = [dict(r, image=b"x") for r in fake_records(5)]
   with pytest.raises(ValueError, match="no usable record"):
