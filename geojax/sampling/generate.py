@@ -135,9 +135,8 @@ def _sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, r
   if plan.tile == "cache":
     cache, logits = _tile_cache(cache, group), _repeat_rows(logits, group)
   if decode.supports(model):
-    weights = decode.prepare(model.language_model, head)
     cache = decode.to_decode_cache(cache)
-    decode_step = lambda token, cache: decode.step(model, weights, token, cache)
+    decode_step = lambda token, cache: decode.step(model, token, cache, head)
   else:
     decode_step = lambda token, cache: model.decode_step(token, None, cache)
 
