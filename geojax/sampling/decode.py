@@ -31,11 +31,15 @@ def supports(model) -> bool:
   return isinstance(getattr(model, "language_model", None), TextDecoder)
 
 
-def to_decode_cache(cache: dict) -> dict:
-  """The model's prefilled cache (k, v [B, T, KV, hd]) in the decode layout (K [B, KV, hd, T], V [B, KV, T, hd])."""
-  k = tuple(shard(jnp.transpose(k, (0, 2, 3, 1)), K_AXES) for k in cache["k"])
-  v = tuple(shard(jnp.transpose(v, (0, 2, 1, 3)), V_AXES) for v in cache["v"])
-  return dict(cache, k=k, v=v)
+def to_decode_cache(cache: dict, length: int) -> dict:
+  """The model's prefilled cache (k, v [B, P, KV, hd]) in the decode layout, with room for `length` slots in all:
+  K [B, KV, hd, length], V [B, KV, length, hd], the slots past P empty (not valid)."""
+  extra = length - cache["valid"].shape[1]
+  k = tuple(shard(jnp.pad(jnp.transpose(k, (0, 2, 3, 1)), ((0, 0), (0, 0), (0, 0), (0, extra))), K_AXES)
+            for k in cache["k"])
+  v = tuple(shard(jnp.pad(jnp.transpose(v, (0, 2, 1, 3)), ((0, 0), (0, 0), (0, extra), (0, 0))), V_AXES)
+            for v in cache["v"])
+  return dict(cache, k=k, v=v, valid=jnp.pad(cache["valid"], ((0, 0), (0, extra))))
 
 
 def _rotary(text: TextDecoder, positions: jax.Array) -> tuple[jax.Array, jax.Array]:

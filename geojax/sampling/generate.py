@@ -127,15 +127,18 @@ def _sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, r
     input_ids, attention_mask = _repeat_rows(input_ids, group), _repeat_rows(attention_mask, group)
     position_ids = _repeat_rows(position_ids, group, axis=1)
     pixel_values, grid = _tile_images(pixel_values, grid, group)
-  prefill_rows = input_ids.shape[0]
-  cache = model.init_cache(prefill_rows, prompt_len + max(steps - 1, 1))
+  prefill_rows, cache_len = input_ids.shape[0], prompt_len + max(steps - 1, 1)
+  fast = decode.supports(model)
+  # The fast decode path prefills a prompt-length cache (attention over P keys, not P + N) and then lays it out
+  # for decoding with room for the new tokens.
+  cache = model.init_cache(prefill_rows, prompt_len if fast else cache_len)
   cache = dict(cache, k=tuple(shard(k, CACHE_AXES) for k in cache["k"]),
                v=tuple(shard(v, CACHE_AXES) for v in cache["v"]))
   logits, cache = model.prefill(input_ids, attention_mask, position_ids, pixel_values, grid, cache)
   if plan.tile == "cache":
     cache, logits = _tile_cache(cache, group), _repeat_rows(logits, group)
-  if decode.supports(model):
-    cache = decode.to_decode_cache(cache)
+  if fast:
+    cache = decode.to_decode_cache(cache, cache_len)
     decode_step = lambda token, cache: decode.step(model, token, cache, head)
   else:
     decode_step = lambda token, cache: model.decode_step(token, None, cache)
