@@ -14,6 +14,8 @@ pixels as the width. `pass_order` follows the installed Pillow.
 """
 from __future__ import annotations
 
+import sys
+
 import numba
 import numpy as np
 import PIL
@@ -187,6 +189,8 @@ def packed_pixels(image: Image.Image) -> np.ndarray:
   """[H, W] uint32 RGBX (R in the low byte on little-endian hosts) of an RGB image: one copy, no repacking."""
   if image.mode != "RGB":
     raise ValueError(f"expected an RGB image, got mode {image.mode}")
+  if sys.byteorder != "little":  # the kernels read channel c as bits 8c..8c+7
+    raise NotImplementedError("geojax.data.resize needs a little-endian host")
   width, height = image.size
   return np.frombuffer(image.tobytes("raw", "RGBX"), np.uint32).reshape(height, width)
 
