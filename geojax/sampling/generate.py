@@ -33,7 +33,7 @@ from geojax.data.mrope import rope_index
 from geojax.models.sharding import shard
 from geojax.models.vision import grid_tuple
 from geojax.sampling import decode, split_cache
-from geojax.sampling.logits import SamplingSettings, choose
+from geojax.sampling.logits import SamplingSettings, candidate_count, choose, draw_noise
 
 CACHE_AXES = ("batch", "cache_length", "kv_heads", "head_dim")
 
@@ -62,6 +62,7 @@ class _Plan:
   num_samples: int
   tile: str
   grid: tuple[tuple[int, int, int], ...] | None
+  noise_ahead: bool  # draw every step's sampling noise before the loop (see NOISE_AHEAD_MAX)
 
 
 def _repeat_rows(x: jax.Array, times: int, axis: int = 0) -> jax.Array:
@@ -114,6 +115,21 @@ def release_cached_head() -> None:
   _HEAD_CACHE.clear()
 
 
+# Draw all steps' sampling noise before the loop when it is at most this many floats: on CPU, JAX's threefry is a
+# rolled loop, and drawing per step cost two small while loops (fold_in, then the draw) inside every decode step.
+NOISE_AHEAD_MAX = 1 << 22
+
+
+def _noise_ahead(rng: jax.Array, rows: int, vocab_size: int, plan: _Plan) -> jax.Array | None:
+  """[steps, rows, C] Gumbel noise, row t exactly what step t would draw from fold_in(rng, t); None unless
+  plan.noise_ahead (then each step draws its own)."""
+  if not plan.noise_ahead:
+    return None
+  width = candidate_count(vocab_size, plan.settings)
+  keys = jax.vmap(lambda t: jax.random.fold_in(rng, t))(jnp.arange(plan.max_new_tokens))
+  return jax.vmap(lambda key: draw_noise(key, (rows, width)))(keys)
+
+
 def _sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, rng, head,
                  plan: _Plan) -> GenerateResult:
   """Traced body: prefill, then decode until max_new_tokens or every row has emitted EOS."""
@@ -159,7 +175,9 @@ def _sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, r
 
   out = (jnp.full((rows, steps), pad, jnp.int32), jnp.zeros((rows, steps), jnp.float32),
          jnp.zeros((rows, steps), jnp.float32), jnp.zeros((rows,), jnp.int32))
-  first = choose(logits, jax.random.fold_in(rng, 0), plan.settings)
+  noise = _noise_ahead(rng, rows, logits.shape[-1], plan)
+  step_noise = lambda t: None if noise is None else jax.lax.dynamic_index_in_dim(noise, t, keepdims=False)
+  first = choose(logits, jax.random.fold_in(rng, 0), plan.settings, step_noise(0))
   done, out = record(0, first, jnp.zeros((rows,), bool), out)
 
   def keep_going(carry):
@@ -169,7 +187,7 @@ def _sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, r
   def step(carry):
     t, token, done, cache, out = carry
     logits, cache = decode_step(token, cache)
-    pick = choose(logits, jax.random.fold_in(rng, t), plan.settings)
+    pick = choose(logits, jax.random.fold_in(rng, t), plan.settings, step_noise(t))
     done, out = record(t, pick, done, out)
     return t + 1, pick.token, done, cache, out
 
@@ -292,9 +310,12 @@ def generate(
   if pixel_values is not None:
     pixel_values = jnp.asarray(pixel_values)
 
+  rows = input_ids.shape[0] * num_samples
+  noise_ahead = (not settings.greedy and
+                 max_new_tokens * rows * candidate_count(config.text.vocab_size, settings) <= NOISE_AHEAD_MAX)
   plan = _Plan(int(max_new_tokens), settings, eos_ids, int(pad_token_id), int(num_samples),
                "cache" if num_samples == 1 else tile,
-               None if pixel_values is None else grid)
+               None if pixel_values is None else grid, noise_ahead)
   head = _decode_head(model)
   static, params = split_cache.split(model)
   mesh = _model_mesh(params)

@@ -125,8 +125,22 @@ def filtered_candidates(logits: jax.Array, settings: SamplingSettings) -> tuple[
   return values, ids
 
 
-def choose(logits: jax.Array, key: jax.Array, settings: SamplingSettings) -> Choice:
-  """Picks the next token for each row of logits [B, V] (greedy when settings.temperature == 0)."""
+def candidate_count(vocab_size: int, settings: SamplingSettings) -> int:
+  """Width of the candidate set `choose` draws from: top_k, or the whole vocabulary."""
+  return settings.top_k if settings.top_k is not None else vocab_size
+
+
+def draw_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """The Gumbel noise `choose` adds to candidates [B, C] for a key (exposed so a caller can draw it ahead)."""
+  return jax.random.gumbel(key, shape, jnp.float32)
+
+
+def choose(logits: jax.Array, key: jax.Array | None, settings: SamplingSettings,
+           noise: jax.Array | None = None) -> Choice:
+  """Picks the next token for each row of logits [B, V] (greedy when settings.temperature == 0).
+
+  `noise`, if given, is `draw_noise(key, (B, candidate_count(V, settings)))` computed ahead (then key is unused).
+  """
   logits = logits.astype(jnp.float32)
   policy_logprobs = jax.nn.log_softmax(logits, axis=-1)
   if settings.greedy:
@@ -135,7 +149,9 @@ def choose(logits: jax.Array, key: jax.Array, settings: SamplingSettings) -> Cho
     return Choice(token, logprob, jnp.zeros_like(logprob))
   candidates, ids = filtered_candidates(logits, settings)
   # Gumbel-max draw (what jax.random.categorical does), with the blocked argmax.
-  slot = first_argmax(candidates + jax.random.gumbel(key, candidates.shape, jnp.float32))
+  if noise is None:
+    noise = draw_noise(key, candidates.shape)
+  slot = first_argmax(candidates + noise)
   sampling_logprob = jnp.take_along_axis(jax.nn.log_softmax(candidates, axis=-1), slot[:, None], axis=-1)[:, 0]
   token = slot if ids is None else jnp.take_along_axis(ids, slot[:, None], axis=-1)[:, 0].astype(jnp.int32)
   logprob = jnp.take_along_axis(policy_logprobs, token[:, None], axis=-1)[:, 0]

@@ -82,6 +82,18 @@ def test_one_compile_per_static_signature(tiny_pair):
   assert not np.array_equal(first.tokens, again.tokens)
 
 
+def test_noise_drawn_ahead_equals_noise_drawn_per_step(tiny_pair, monkeypatch):
+  import sys
+  hf, model = tiny_pair()
+  prompts = hf_models.make_prompts(hf.config, 2, seed=8)
+  kwargs = dict(temperature=1.0, top_k=20, top_p=0.9, rng=jax.random.key(5), eos_token_id=hf_models.TINY_EOS)
+  ahead = _ours(model, prompts, 8, **kwargs)
+  monkeypatch.setattr(sys.modules["geojax.sampling.generate"], "NOISE_AHEAD_MAX", 0)
+  per_step = _ours(model, prompts, 8, **kwargs)
+  np.testing.assert_array_equal(ahead.tokens, per_step.tokens)
+  np.testing.assert_array_equal(ahead.logprobs, per_step.logprobs)
+
+
 def test_sharded_model_gives_the_same_completions(tiny_pair, tmp_path):
   from geojax.models import load_hf, make_mesh
   hf, model = tiny_pair(tied=True)  # tied: also covers the decode copy of the LM head under a mesh
