@@ -6,7 +6,9 @@ Each size is a random-weight Qwen2.5-VL built in transformers (torch, CPU), save
 into geojax with load_hf, so both sides run the same weights in float32. Batch 8 left-padded prompts with one
 small image each, 64 new tokens. tokens/s = generated tokens (up to and including EOS) / wall time of the whole
 call (vision tower + prefill + decode, host inputs to host tokens). geojax's compile time is excluded from the
-timed runs and printed separately.
+timed runs and printed separately. For the breakdown, geojax's best one-token call (vision tower + prefill + first
+token + call overhead) is timed too, and (best full call - best one-token call) / (new_tokens - 1) is printed as
+its time per decode step.
 """
 from __future__ import annotations
 
@@ -93,9 +95,9 @@ def bench_size(name: str, modes: list[str], batch: int, new_tokens: int, reps: i
   for mode in modes:
     settings = MODES[mode]
 
-    def run_ours(seed):
+    def run_ours(seed, steps=new_tokens):
       result = generate(ours, prompts.input_ids, prompts.attention_mask, prompts.pixel_values, prompts.image_grid_thw,
-                        max_new_tokens=new_tokens, rng=jax.random.key(seed), eos_token_id=eos,
+                        max_new_tokens=steps, rng=jax.random.key(seed), eos_token_id=eos,
                         pad_token_id=prompts.pad_id, **settings["ours"])
       return np.asarray(result.tokens)
 
@@ -109,6 +111,7 @@ def bench_size(name: str, modes: list[str], batch: int, new_tokens: int, reps: i
     _COMPILE_SECONDS[0] = 0.0
     run_ours(0)
     compile_s = _COMPILE_SECONDS[0]
+    run_ours(0, 1)  # compiles the one-token call used for the breakdown below
     threads = _pick_torch_threads(run_hf, torch_threads)
     times = {"geojax": [], "transformers": []}
     counts = {"geojax": 0, "transformers": 0}
@@ -118,13 +121,21 @@ def bench_size(name: str, modes: list[str], batch: int, new_tokens: int, reps: i
         tokens = fn(rep + 1)
         times[label].append(time.perf_counter() - start)
         counts[label] += _count(tokens, eos)
+    one_token = []  # geojax's vision tower + prefill + first token (+ call overhead), for the breakdown
+    for rep in range(reps):
+      start = time.perf_counter()
+      run_ours(rep + 1, 1)
+      one_token.append(time.perf_counter() - start)
     tps = {k: counts[k] / sum(times[k]) for k in times}
     rows.append(dict(size=name, params=n_params, mode=mode, ours=tps["geojax"], hf=tps["transformers"],
                      threads=threads, ratio=tps["geojax"] / tps["transformers"], compile_s=compile_s,
-                     ours_s=min(times["geojax"]), hf_s=min(times["transformers"])))
+                     ours_s=min(times["geojax"]), hf_s=min(times["transformers"]), prefill_s=min(one_token)))
+    # Per decode step from best calls; an approximation when rows stop at EOS before new_tokens.
+    step_ms = 1e3 * (min(times["geojax"]) - min(one_token)) / max(new_tokens - 1, 1)
     print(f"{name:5s} {n_params / 1e6:7.1f}M {mode:6s} geojax {tps['geojax']:9.1f} tok/s  transformers "
           f"{tps['transformers']:9.1f} tok/s ({threads} thr)  ratio {rows[-1]['ratio']:6.2f}x  "
-          f"(compile {compile_s:.1f}s; best call {rows[-1]['ours_s']:.3f}s vs {rows[-1]['hf_s']:.3f}s)", flush=True)
+          f"(compile {compile_s:.1f}s; best call {rows[-1]['ours_s']:.4f}s vs {rows[-1]['hf_s']:.4f}s; geojax "
+          f"1-token call {min(one_token) * 1e3:.1f} ms, then {step_ms:.3f} ms per step)", flush=True)
   return rows
 
 
