@@ -1,6 +1,7 @@
 """geojax.data: images, tokenizers, chat prompts, batching, Grain pipelines, dataset sources, hard-sample mining.
 
   preprocess_image(image, min_pixels, max_pixels) -> (pixel_values [N, 1176], grid_thw)   (image.py)
+  resize_bicubic(rgb_image, (width, height)) -> uint8 [h, w, 3], equal to Pillow's         (resize.py)
   load_tokenizer("qwen2" | "tiny" | local HF dir)                                           (tokenizer.py)
   PROMPTS, encode_chat(tokenizer, system, user, image_tokens, assistant)                    (chat.py)
   ExampleTransform(tokenizer, prompt, mode="sft" | "rl", ...), collate(...)                 (batching.py)
@@ -15,10 +16,12 @@ import importlib
 
 _EXPORTS = {
     "preprocess_image": "image", "smart_resize": "image", "grid_for_size": "image",
+    "resize_bicubic": "resize",
     "load_tokenizer": "tokenizer", "Tokenizer": "tokenizer",
     "PROMPTS": "chat", "Prompt": "chat", "encode_chat": "chat", "encode_chat_parts": "chat",
     "answer_text": "chat", "image_token_count": "chat", "get_prompt": "chat",
     "ExampleTransform": "batching", "collate": "batching", "BadRecord": "batching",
+    "take_examples": "batching", "concat_examples": "batching",
     "make_loader": "pipeline", "Loader": "pipeline",
     "open_source": "sources", "FORMATS": "sources",
     "ArrayRecordSource": "records", "ArrayRecordWriter": "records", "write_records": "records",
