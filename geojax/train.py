@@ -374,6 +374,8 @@ def _train_loop(stage: Stage, loader, step_fn, evaluate_fn):
 
 # ------------------------------------------------------------------------------------------------ GRPO
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "example_mask")
+# Dynamic sampling's extra rollouts fold base_key with this + k (step numbers stay below it), then with the step.
+EXTRA_ROLLOUT_STREAM = 2 ** 31
 
 
 class RewardModel:
@@ -479,46 +481,49 @@ def run_grpo(config, model, tokenizer, mesh, writer, train_records, evaluate_fn)
     rewards, per_reward = compute_rewards(texts, batch, group, gc, config.data.answer, gaz, locatability)
     return Rollout(batch, tokens_host, lengths_host, texts, rewards, per_reward)
 
-  def plain_rollout(batch, key):
+  def dispatch_reference(batch, prompt, tokens, lengths):
+    """The frozen reference's log-probs of the rollout tokens (None without a KL term); asynchronous."""
+    if ref_params is None:
+      return None
+    return reference_logprobs(ref_params, prompt, tokens, lengths, *_rollout_shape(batch, group))
+
+  def plain_rollout(batch, step):
     """One rollout; the reference pass is dispatched before the host scores rewards, so the two overlap."""
-    out = sample(batch, key)
-    grid = grid_tuple(batch["image_grid_thw"])
+    out = sample(batch, jax.random.fold_in(base_key, step))
     prompt = _shard_batch(batch, mesh, PROMPT_KEYS)
-    ref_lp = (reference_logprobs(ref_params, prompt, out.tokens, out.lengths, tuple(g for g in grid for _ in range(group)),
-                                 int(np.asarray(batch["input_ids"]).shape[1])) if ref_params is not None else None)
+    ref_lp = dispatch_reference(batch, prompt, out.tokens, out.lengths)
     rollout = score_rollout(batch, runtime.to_host(out.tokens), runtime.to_host(out.lengths))
     return rollout, prompt, out.tokens, out.lengths, ref_lp, {}
 
-  def dynamic_rollout(batch, key):
+  def dynamic_rollout(batch, step):
     """DAPO's dynamic sampling: rollouts of further batches until batch_size informative groups are found."""
-    rollouts = [score_rollout(batch, *map(runtime.to_host, _tokens_lengths(sample(batch, key))))]
+    def scored(batch, key):
+      out = sample(batch, key)
+      return score_rollout(batch, runtime.to_host(out.tokens), runtime.to_host(out.lengths))
+
+    # The first rollout draws what the plain path would; extra ones use their own key streams.
+    rollouts = [scored(batch, jax.random.fold_in(base_key, step))]
     while _informative_count(rollouts, group) < gc.batch_size and len(rollouts) < gc.max_rollouts:
-      more = next(loader)
-      rollouts.append(score_rollout(more, *map(runtime.to_host, _tokens_lengths(
-          sample(more, jax.random.fold_in(key, len(rollouts)))))))
+      extra_key = jax.random.fold_in(jax.random.fold_in(base_key, EXTRA_ROLLOUT_STREAM + len(rollouts)), step)
+      rollouts.append(scored(next(loader), extra_key))
     rollout, info = _select_informative(rollouts, group, gc.batch_size)
-    batch = rollout.batch
-    grid = grid_tuple(batch["image_grid_thw"])
-    prompt = _shard_batch(batch, mesh, PROMPT_KEYS)
+    prompt = _shard_batch(rollout.batch, mesh, PROMPT_KEYS)
     tokens, lengths = runtime.put_global(rollout.tokens, mesh), runtime.put_global(rollout.lengths, mesh)
-    ref_lp = (reference_logprobs(ref_params, prompt, tokens, lengths, tuple(g for g in grid for _ in range(group)),
-                                 int(np.asarray(batch["input_ids"]).shape[1])) if ref_params is not None else None)
-    return rollout, prompt, tokens, lengths, ref_lp, info
+    return rollout, prompt, tokens, lengths, dispatch_reference(rollout.batch, prompt, tokens, lengths), info
+
+  dynamic = gc.dynamic_sampling and gc.max_rollouts > 1  # with one rollout there is nothing to choose from
 
   def step_fn(batch) -> dict:
-    key = jax.random.fold_in(base_key, stage.step)
     # 1-3: sample on the current policy, reference log-probs, rewards on the host
-    rollout, prompt, tokens, lengths, ref_lp, info = (dynamic_rollout if gc.dynamic_sampling else plain_rollout)(
-        batch, key)
+    rollout, prompt, tokens, lengths, ref_lp, info = (dynamic_rollout if dynamic else plain_rollout)(
+        batch, stage.step)
     batch = rollout.batch
-    grid = grid_tuple(batch["image_grid_thw"])
     example = np.repeat(np.asarray(batch["example_mask"]) > 0, group)
     advantages = np.asarray(group_advantages(jnp.asarray(rollout.rewards), group, gc.advantage), np.float32)
     advantages = np.where(example, advantages, 0.0).astype(np.float32)
     # 4. the update
     stage.state, metrics = train_step(stage.state, prompt, tokens, lengths, runtime.put_global(advantages, mesh),
-                                      ref_lp, tuple(g for g in grid for _ in range(group)),
-                                      int(np.asarray(batch["input_ids"]).shape[1]))
+                                      ref_lp, *_rollout_shape(batch, group))
     metrics = _host_metrics(metrics)
     metrics.update(_rollout_metrics(rollout.rewards, rollout.per_reward, rollout.lengths, rollout.texts, batch,
                                     group, config, gaz, example))
@@ -539,8 +544,10 @@ class Rollout:
   per_reward: dict
 
 
-def _tokens_lengths(out):
-  return out.tokens, out.lengths
+def _rollout_shape(batch: dict, group: int) -> tuple[tuple, int]:
+  """(per-row image grids of the B*G rollout rows, prompt length): the static arguments of the jitted passes."""
+  grid = grid_tuple(batch["image_grid_thw"])
+  return tuple(g for g in grid for _ in range(group)), int(np.asarray(batch["input_ids"]).shape[1])
 
 
 def _shape_key(batch: dict) -> tuple:
@@ -581,7 +588,7 @@ def _select_informative(rollouts: list[Rollout], group: int, n_groups: int) -> t
       texts=[texts[i] for i in rows],
       rewards=np.concatenate([r.rewards for r in chosen])[rows],
       per_reward={k: np.concatenate([np.asarray(r.per_reward[k]) for r in chosen])[rows] for k in chosen[0].per_reward})
-  seen = sum(len(r.batch["example_mask"]) for r in rollouts)
+  seen = sum(int((np.asarray(r.batch["example_mask"]) > 0).sum()) for r in rollouts)
   found = sum(int(informative_groups(_group_rewards(r, group), group).sum()) for r in rollouts)
   return merged, {"dynamic_sampling/rollouts": float(len(rollouts)),
                   "dynamic_sampling/informative_frac": found / max(seen, 1),

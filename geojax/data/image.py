@@ -114,8 +114,8 @@ def preprocess_image(image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_
       raise ValueError(f"grid bucket {(gh, gw)} is not a multiple of merge_size {merge_size}")
     rh, rw = gh * patch_size, gw * patch_size
   resized = resize_packed(packed_pixels(rgb), (rw, rh))
-  return _patchify_kernel(patch_size, merge_size, temporal_patch_size)(resized, _TABLE), \
-      np.array([1, rh // patch_size, rw // patch_size], np.int32)
+  pixel_values = _patchify_kernel(patch_size, merge_size, temporal_patch_size)(resized, _TABLE)
+  return pixel_values, np.array([1, rh // patch_size, rw // patch_size], np.int32)
 
 
 @functools.cache
@@ -123,7 +123,8 @@ def _patchify_kernel(patch: int, merge: int, temporal: int):
   """A numba kernel with the patch geometry baked in as constants (so the 14-pixel runs unroll and vectorize):
   [H, W] packed RGBX pixels, [3, 256] table -> [gh * gw, 3 * temporal * patch**2] float32, patches in merge-window
   order (merge x merge neighbouring patches are consecutive), each laid out (channel, time, row, column). A still
-  image is repeated along the time axis."""
+  image is repeated along the time axis. (numba's disk cache keys closures by their captured values, so each
+  geometry gets its own cached kernel.)"""
   area = patch * patch
 
   @numba.njit(cache=True, nogil=True)

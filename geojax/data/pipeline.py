@@ -141,10 +141,16 @@ class _BucketBatchIterator(grain.DatasetIterator):
       self._bad_reported_epoch = epoch
     self._bad_counts.clear()
 
+  def _enter_epoch(self, epoch: int) -> None:
+    """Moves the count to `epoch`, ending the current one. (A state saved before counts were kept recorded a later
+    epoch than its window starts in; re-reading that window steps back without ending anything.)"""
+    if epoch > self._epoch:
+      self._report_bad(self._epoch)
+    self._epoch = epoch
+
   def _count_bad(self, bad: _Bad) -> None:
     if bad.epoch != self._epoch:
-      self._report_bad(self._epoch)
-      self._epoch = bad.epoch
+      self._enter_epoch(bad.epoch)
     self._bad_counts[bad.reason] += 1
     if self._good == 0:
       self._leading_bad += 1
@@ -173,8 +179,7 @@ class _BucketBatchIterator(grain.DatasetIterator):
         self._count_bad(element)
         continue
       if element.get("_epoch", self._epoch) != self._epoch:
-        self._report_bad(self._epoch)
-        self._epoch = element["_epoch"]
+        self._enter_epoch(element["_epoch"])
       self._good += 1
       key = self._ds.key_fn(element)
       group = groups.get(key)

@@ -130,8 +130,8 @@ def _store(out, acc0, acc1, acc2):
 
 
 @numba.njit(cache=True, nogil=True)
-def _vertical(src, row0, first, count, weights):
-  """[out_h, W] packed pixels: output row yy mixes input rows row0 + first[yy] + k (whole rows: vectorizes)."""
+def _vertical(src, first, count, weights):
+  """[out_h, W] packed pixels: output row yy mixes input rows first[yy] + k (whole rows: vectorizes)."""
   width = src.shape[1]
   out_h = first.shape[0]
   out = np.empty((out_h, width), np.uint32)
@@ -139,7 +139,7 @@ def _vertical(src, row0, first, count, weights):
   acc1 = np.empty(width, np.int32)
   acc2 = np.empty(width, np.int32)
   for yy in range(out_h):
-    _weighted_sum(src, row0 + first[yy], count[yy], weights[yy], acc0, acc1, acc2)
+    _weighted_sum(src, first[yy], count[yy], weights[yy], acc0, acc1, acc2)
     _store(out[yy], acc0, acc1, acc2)
   return out
 
@@ -163,11 +163,11 @@ def _transpose(src, s0, rows, cols, dst, d0):
 
 
 @numba.njit(cache=True, nogil=True)
-def _horizontal(src, row0, rows, first, count, weights):
-  """[rows, out_w] packed pixels from src rows row0 ... row0 + rows - 1, a tile of rows at a time: each tile is
-  transposed so that every tap of every output column is one contiguous load across rows (the vertical pass's
-  loop, on the tile), and transposed back when stored."""
-  width = src.shape[1]
+def _horizontal(src, first, count, weights):
+  """[H, out_w] packed pixels, a tile of rows at a time: each tile is transposed so that every tap of every output
+  column is one contiguous load across rows (the vertical pass's loop, on the tile), and transposed back when
+  stored."""
+  rows, width = src.shape
   out_w = first.shape[0]
   out = np.empty((rows, out_w), np.uint32)
   tile = np.zeros((width, _TILE), np.uint32)
@@ -177,7 +177,7 @@ def _horizontal(src, row0, rows, first, count, weights):
   acc2 = np.empty(_TILE, np.int32)
   for r0 in range(0, rows, _TILE):
     n = min(_TILE, rows - r0)
-    _transpose(src, row0 + r0, n, width, tile, 0)
+    _transpose(src, r0, n, width, tile, 0)
     for xx in range(out_w):
       _weighted_sum(tile, first[xx], count[xx], weights[xx], acc0, acc1, acc2)
       _store(tile_out[xx], acc0, acc1, acc2)
@@ -204,25 +204,23 @@ def resize_packed(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   need_horizontal, need_vertical = out_w != in_w, out_h != in_h
   if not (need_horizontal or need_vertical):
     return pixels.copy()
+  # For a whole-image resize every input row and column is within some output's taps, so unlike Pillow (which
+  # also serves crop boxes) there is nothing to trim before the first pass.
   if pass_order((in_w, in_h), size) == "vertical":
     if need_vertical:
-      pixels = _vertical(pixels, 0, *coefficients(in_h, out_h))
+      pixels = _vertical(pixels, *coefficients(in_h, out_h))
     if need_horizontal:
-      pixels = _horizontal(pixels, 0, out_h, *coefficients(in_w, out_w))
+      pixels = _horizontal(pixels, *coefficients(in_w, out_w))
     return pixels
-  first, count, weights = coefficients(in_h, out_h)
   if need_horizontal:
-    # Only the input rows the vertical pass reads, as Pillow does.
-    row0 = int(first[0])
-    rows = int(first[-1] + count[-1]) - row0
-    pixels = _horizontal(pixels, row0, rows, *coefficients(in_w, out_w))
-    first = first - row0
+    pixels = _horizontal(pixels, *coefficients(in_w, out_w))
   if need_vertical:
-    pixels = _vertical(pixels, 0, first, count, weights)
+    pixels = _vertical(pixels, *coefficients(in_h, out_h))
   return pixels
 
 
 def resize_bicubic(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-  """`np.asarray(image.resize(size, Image.Resampling.BICUBIC))` for an RGB image, bit for bit: [h, w, 3] uint8."""
+  """`np.asarray(image.resize(size, Image.Resampling.BICUBIC))` for an RGB image, bit for bit: [h, w, 3] uint8
+  (a view into the packed RGBX result, so not C-contiguous)."""
   packed = resize_packed(packed_pixels(image), size)
   return packed.view(np.uint8).reshape(packed.shape[0], packed.shape[1], 4)[..., :3]

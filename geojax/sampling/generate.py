@@ -98,7 +98,8 @@ def _decode_head(model) -> jax.Array | None:
   """On CPU, the tied embedding transposed to [D, V], computed once per embedding array (kept for the latest one).
 
   XLA's CPU dot streams a [V, D] operand contracted on D about 1.6x slower than a [D, V] one, and the LM head is
-  the largest matmul of a small model's decode step. None when the model has an untied head, or off CPU (TPU/GPU pick dot layouts themselves)."""
+  the largest matmul of a small model's decode step. None when the model has an untied head, or off CPU (TPU/GPU
+  pick dot layouts themselves)."""
   text = getattr(model, "language_model", None)
   if jax.default_backend() != "cpu" or getattr(text, "lm_head", 1) is not None or not hasattr(text, "embed_tokens"):
     return None

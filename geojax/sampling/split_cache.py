@@ -5,7 +5,9 @@ QwenVL, and hashing its graphdef as a static jit argument another ~0.3 ms, both 
 current parameter arrays, read afresh from its Variable objects on every call, so in-place updates
 (optimizer steps, `nnx.update`, re-sharding) are always seen. The cached walk is reused only while the graph
 is unchanged: every module's attributes must be the very objects seen when it was cached (an `is` check per
-attribute, ~50 us); replacing a submodule, a Variable or any other attribute triggers a fresh split.
+attribute, ~50 us); replacing a submodule, a Variable or any other attribute triggers a fresh split. Changing a
+Variable's metadata in place (e.g. `set_metadata`) is not detected: the forward pass does not read it, but call
+`nnx.split` yourself if you rely on it.
 """
 from __future__ import annotations
 
@@ -86,19 +88,30 @@ def _lookup(model, path):
   return node
 
 
-_CACHE: dict[int, tuple[weakref.ref, _Entry]] = {}
+_CACHE: dict[int, tuple[weakref.ref, _Entry | None]] = {}
+
+
+def _plain_split(model) -> tuple[StaticModel, list[jax.Array]]:
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  return StaticModel(graphdef, treedef), leaves
 
 
 def split(model) -> tuple[StaticModel, list[jax.Array]]:
-  """(static part, current parameter arrays) of `model`; the graph walk is cached while the graph is unchanged."""
+  """(static part, current parameter arrays) of `model`; the graph walk is cached while the graph is unchanged.
+
+  A model seen for the first time gets a plain split (building the cache entry costs about two splits, a loss for
+  callers such as a trainer that merges a new model object for every call); from its second call on, it is cached.
+  """
   key = id(model)
   hit = _CACHE.get(key)
-  entry = hit[1] if hit is not None and hit[0]() is model else None
+  if hit is None or hit[0]() is not model:
+    _CACHE[key] = (weakref.ref(model, lambda _, key=key: _CACHE.pop(key, None)), None)
+    return _plain_split(model)
+  entry = hit[1]
   if entry is None or not entry.fresh():
     entry = _Entry(model)
     if not entry.valid:  # unexpected layout: plain split every call
-      graphdef, state = nnx.split(model)
-      leaves, treedef = jax.tree.flatten(state)
-      return StaticModel(graphdef, treedef), leaves
-    _CACHE[key] = (weakref.ref(model, lambda _, key=key: _CACHE.pop(key, None)), entry)
+      return _plain_split(model)
+    _CACHE[key] = (hit[0], entry)
   return entry.static, entry.leaves()

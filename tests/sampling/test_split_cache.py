@@ -15,9 +15,10 @@ def _model():
 
 def test_cached_split_matches_nnx_split_and_sees_in_place_updates():
   model = _model()
+  first, _ = split_cache.split(model)  # first sight: a plain split, nothing cached yet
   static, params = split_cache.split(model)
   graphdef, state = nnx.split(model)
-  assert static.graphdef == graphdef
+  assert static.graphdef == graphdef and first == static
   assert all(a is b for a, b in zip(params, jax.tree.leaves(state)))
   again, _ = split_cache.split(model)
   assert again is static  # the walk was reused
@@ -29,6 +30,7 @@ def test_cached_split_matches_nnx_split_and_sees_in_place_updates():
 
 def test_structural_change_gives_a_fresh_split():
   model = _model()
+  split_cache.split(model)
   static, _ = split_cache.split(model)
   model.language_model.norm = nnx.clone(model.language_model.norm)
   fresh, params = split_cache.split(model)
@@ -38,6 +40,7 @@ def test_structural_change_gives_a_fresh_split():
 
 def test_cache_does_not_keep_a_model_alive():
   model = _model()
+  split_cache.split(model)
   split_cache.split(model)
   ref = weakref.ref(model)
   del model
