@@ -39,7 +39,7 @@ from flax import nnx
 from geojax import config as gconfig
 from geojax import eval as geval
 from geojax import runtime
-from geojax.data.batching import concat_examples, take_examples
+from geojax.data.batching import batch_shape, concat_examples, take_examples
 from geojax.data.pipeline import make_loader
 from geojax.geo import GeoTargets, Gazetteer, format_table, score
 from geojax.models import grid_tuple
@@ -550,22 +550,22 @@ def _rollout_shape(batch: dict, group: int) -> tuple[tuple, int]:
   return tuple(g for g in grid for _ in range(group)), int(np.asarray(batch["input_ids"]).shape[1])
 
 
-def _shape_key(batch: dict) -> tuple:
-  return tuple(np.asarray(batch["image_grid_thw"])[0]), np.asarray(batch["input_ids"]).shape[1]
-
-
 def _group_rewards(rollout: Rollout, group: int) -> np.ndarray:
   """Rewards with the groups of filler examples zeroed, so they never count as informative."""
   example = np.repeat(np.asarray(rollout.batch["example_mask"]) > 0, group)
   return np.where(example, rollout.rewards, 0.0)
 
 
+def _n_informative(rollout: Rollout, group: int) -> int:
+  return int(informative_groups(_group_rewards(rollout, group), group).sum())
+
+
 def _informative_count(rollouts: list[Rollout], group: int) -> int:
   """Informative groups among the rollouts whose batch shape has the most of them (only those can be joined)."""
   counts: dict[tuple, int] = {}
   for r in rollouts:
-    key = _shape_key(r.batch)
-    counts[key] = counts.get(key, 0) + int(informative_groups(_group_rewards(r, group), group).sum())
+    key = batch_shape(r.batch)
+    counts[key] = counts.get(key, 0) + _n_informative(r, group)
   return max(counts.values())
 
 
@@ -574,9 +574,8 @@ def _select_informative(rollouts: list[Rollout], group: int, n_groups: int) -> t
   Rollout; uninformative groups fill a shortfall, so shapes stay static."""
   by_shape: dict[tuple, list[Rollout]] = {}
   for r in rollouts:
-    by_shape.setdefault(_shape_key(r.batch), []).append(r)
-  chosen = max(by_shape.values(), key=lambda rs: sum(int(informative_groups(_group_rewards(r, group), group).sum())
-                                                      for r in rs))
+    by_shape.setdefault(batch_shape(r.batch), []).append(r)
+  chosen = max(by_shape.values(), key=lambda rs: sum(_n_informative(r, group) for r in rs))
   rewards = np.concatenate([_group_rewards(r, group) for r in chosen])
   index, informative = select_groups(rewards, group, n_groups)
   rows = group_rows(index, group)
@@ -589,7 +588,7 @@ def _select_informative(rollouts: list[Rollout], group: int, n_groups: int) -> t
       rewards=np.concatenate([r.rewards for r in chosen])[rows],
       per_reward={k: np.concatenate([np.asarray(r.per_reward[k]) for r in chosen])[rows] for k in chosen[0].per_reward})
   seen = sum(int((np.asarray(r.batch["example_mask"]) > 0).sum()) for r in rollouts)
-  found = sum(int(informative_groups(_group_rewards(r, group), group).sum()) for r in rollouts)
+  found = sum(_n_informative(r, group) for r in rollouts)
   return merged, {"dynamic_sampling/rollouts": float(len(rollouts)),
                   "dynamic_sampling/informative_frac": found / max(seen, 1),
                   "dynamic_sampling/filled_frac": float(1.0 - np.mean(informative))}

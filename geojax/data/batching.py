@@ -196,9 +196,14 @@ def take_examples(batch: Mapping[str, Any], index: Sequence[int]) -> dict:
   return out
 
 
+def batch_shape(batch: Mapping[str, Any]) -> tuple:
+  """(image grid, padded length) of a collated batch: batches with equal shapes can be joined."""
+  return tuple(int(v) for v in np.asarray(batch["image_grid_thw"])[0]), int(np.asarray(batch["input_ids"]).shape[1])
+
+
 def concat_examples(batches: Sequence[Mapping[str, Any]]) -> dict:
   """One batch holding the examples of `batches` in order; they must share an image grid and a padded length."""
-  keys = [(tuple(np.asarray(b["image_grid_thw"])[0]), np.asarray(b["input_ids"]).shape[1]) for b in batches]
+  keys = [batch_shape(b) for b in batches]
   if len(set(keys)) > 1:
     raise ValueError(f"batches of different shapes (grid, length) cannot be joined: {sorted(set(keys))}")
   return {name: np.concatenate([np.asarray(b[name]) for b in batches], axis=1 if name == "position_ids" else 0)

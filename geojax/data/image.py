@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from PIL import Image
 
-from geojax.data.resize import packed_pixels, resize_packed
+from geojax.data.resize import channel, packed_pixels, resize_packed
 
 # CLIP statistics used by Qwen2-VL (transformers OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -138,13 +138,12 @@ def _patchify_kernel(patch: int, merge: int, temporal: int):
           for mx in range(merge):
             y0, x0 = (by * merge + my) * patch, (bx * merge + mx) * patch
             for c in range(3):
-              shift = 8 * c
               levels = table[c]
               for py in range(patch):
                 line = pixels[y0 + py]
                 start = c * temporal * area + py * patch
                 for px in range(patch):
-                  out[i, start + px] = levels[(line[x0 + px] >> shift) & 255]
+                  out[i, start + px] = levels[channel(line[x0 + px], c)]
                 for t in range(1, temporal):
                   for px in range(patch):
                     out[i, start + t * area + px] = out[i, start + px]

@@ -86,7 +86,8 @@ def _clip8(acc):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _channel(p, c):
+def channel(p, c):
+  """Channel c (0 = R, 1 = G, 2 = B) of a packed RGBX pixel, as an int32 (numba kernels only)."""
   return np.int32((p >> (8 * c)) & 255)
 
 
@@ -107,18 +108,18 @@ def _weighted_sum(lines, first, taps, weights, acc0, acc1, acc2):
     la, lb, lc, ld = lines[first + k], lines[first + k + 1], lines[first + k + 2], lines[first + k + 3]
     for i in range(n):
       pa, pb, pc, pd = la[i], lb[i], lc[i], ld[i]
-      acc0[i] += (_channel(pa, 0) * wa + _channel(pb, 0) * wb) + (_channel(pc, 0) * wc + _channel(pd, 0) * wd)
-      acc1[i] += (_channel(pa, 1) * wa + _channel(pb, 1) * wb) + (_channel(pc, 1) * wc + _channel(pd, 1) * wd)
-      acc2[i] += (_channel(pa, 2) * wa + _channel(pb, 2) * wb) + (_channel(pc, 2) * wc + _channel(pd, 2) * wd)
+      acc0[i] += (channel(pa, 0) * wa + channel(pb, 0) * wb) + (channel(pc, 0) * wc + channel(pd, 0) * wd)
+      acc1[i] += (channel(pa, 1) * wa + channel(pb, 1) * wb) + (channel(pc, 1) * wc + channel(pd, 1) * wd)
+      acc2[i] += (channel(pa, 2) * wa + channel(pb, 2) * wb) + (channel(pc, 2) * wc + channel(pd, 2) * wd)
     k += 4
   while k < taps:
     w = weights[k]
     line = lines[first + k]
     for i in range(n):
       p = line[i]
-      acc0[i] += _channel(p, 0) * w
-      acc1[i] += _channel(p, 1) * w
-      acc2[i] += _channel(p, 2) * w
+      acc0[i] += channel(p, 0) * w
+      acc1[i] += channel(p, 1) * w
+      acc2[i] += channel(p, 2) * w
     k += 1
 
 

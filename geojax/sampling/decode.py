@@ -50,10 +50,6 @@ def _rotary(text: TextDecoder, positions: jax.Array) -> tuple[jax.Array, jax.Arr
   return jnp.cos(angles), jnp.sin(angles)
 
 
-def _mlp(mlp, h: jax.Array) -> jax.Array:
-  return mlp.down_proj(shard(jax.nn.silu(mlp.gate_proj(h)) * mlp.up_proj(h), ("batch", "act_mlp")))
-
-
 def _attend(q, k_cache, v_cache, valid, dtype):
   """Softmax attention of one query per row over the cache (masked_attention's math for Lq = 1)."""
   scores = jnp.einsum("bkgd,bkdt->bkgt", q, k_cache.astype(q.dtype), preferred_element_type=jnp.float32)
@@ -90,7 +86,7 @@ def step(model, tokens: jax.Array, cache: dict, head: jax.Array | None = None) -
                       V_AXES)
       out = _attend(q, k_cache, v_cache, valid, q.dtype)
       x = x + attn.o_proj(out.reshape(batch, cfg.num_heads, cfg.head_dim))
-      x = x + _mlp(layer.mlp, layer.post_attention_layernorm(x))
+      x = x + layer.mlp(layer.post_attention_layernorm(x)[:, None])[:, 0]  # the MLP takes [B, L, D]
       x = shard(x, ("batch", "act_embed"))
       new_k.append(k_cache)
       new_v.append(v_cache)
