@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -136,7 +137,52 @@ def bench_size(name: str, modes: list[str], batch: int, new_tokens: int, reps: i
           f"{tps['transformers']:9.1f} tok/s ({threads} thr)  ratio {rows[-1]['ratio']:6.2f}x  "
           f"(compile {compile_s:.1f}s; best call {rows[-1]['ours_s']:.4f}s vs {rows[-1]['hf_s']:.4f}s; geojax "
           f"1-token call {min(one_token) * 1e3:.1f} ms, then {step_ms:.3f} ms per step)", flush=True)
+  floor = matmul_floor(ours, batch, prompts.input_ids.shape[1] + new_tokens - 1, new_tokens - 1)
+  best_one_token = min(r["prefill_s"] for r in rows)
+  bound = best_one_token + (new_tokens - 1) * floor
+  print(f"{name:5s} decode-step matmuls alone: {floor * 1e3:.3f} ms per step; the best one-token call plus "
+        f"{new_tokens - 1} such steps is {bound * 1e3:.1f} ms, {min(r['hf_s'] for r in rows) / bound:.1f}x "
+        f"transformers' best call", flush=True)
   return rows
+
+
+def matmul_floor(model, batch: int, cache_len: int, steps: int, reps: int = 5) -> float:
+  """Seconds per decode step spent in the step's matmuls alone, on this machine's XLA:CPU dot library.
+
+  The same dots as one decode step of `model` (q/k/v/o, both attention dots over a `cache_len` cache, gate/up/down,
+  the LM head, on its weights), chained by one add each so they run one after another, looped `steps` times in one
+  jit; nothing else (no norms, rotary, softmax, cache writes or token choice). A lower bound for any XLA
+  formulation of the step that keeps float32 and these shapes."""
+  text = model.language_model
+  cfg = text.cfg
+  flat = lambda dense: dense.kernel[...].reshape(int(np.prod(dense.in_shape)), -1)
+  layers = [(flat(l.self_attn.q_proj), flat(l.self_attn.k_proj), flat(l.self_attn.v_proj), flat(l.self_attn.o_proj),
+             flat(l.mlp.gate_proj), flat(l.mlp.up_proj), flat(l.mlp.down_proj)) for l in text.layers]
+  head = text.embed_tokens.embedding[...].T if text.lm_head is None else flat(text.lm_head)
+  kv, groups, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+  keys = jnp.ones((batch, kv, hd, cache_len), jnp.float32) / cache_len
+  values = jnp.ones((batch, kv, cache_len, hd), jnp.float32) / cache_len
+
+  @jax.jit
+  def run(x, layers, head):
+    def step(_, x):
+      for wq, wk, wv, wo, wg, wu, wd in layers:
+        q = ((x @ wq).reshape(batch, kv, groups, hd) + (x @ wk).reshape(batch, kv, 1, hd)
+             + (x @ wv).reshape(batch, kv, 1, hd))
+        scores = jnp.einsum("bkgd,bkdt->bkgt", q, keys)
+        x = x + (jnp.einsum("bkgt,bktd->bkgd", scores, values).reshape(batch, -1) @ wo)
+        x = x + ((x @ wg) + (x @ wu)) @ wd
+      return x + (x @ head)[:, :x.shape[1]]
+    return jax.lax.fori_loop(0, steps, step, x)
+
+  x = jnp.full((batch, cfg.hidden_size), 1e-3, jnp.float32)
+  jax.block_until_ready(run(x, layers, head))
+  best = float("inf")
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(run(x, layers, head))
+    best = min(best, time.perf_counter() - start)
+  return best / steps
 
 
 def bench_tiling(name: str, prompts_n: int, group: int, new_tokens: int, reps: int, grid: tuple[int, int]) -> None:

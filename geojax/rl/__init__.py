@@ -6,13 +6,12 @@ string selects them and a new one is one decorated function.
 """
 from geojax.rl.advantages import ADVANTAGE_ESTIMATORS, MULTI_REWARD_KINDS, group_advantages, register_advantage
 from geojax.rl.aggregation import AGGREGATIONS, register_aggregation
-from geojax.rl.dynamic_sampling import (InformativeGroupPool, group_rows, informative_groups, select_groups,
-                                        take_rows)
+from geojax.rl.dynamic_sampling import group_rows, informative_groups, select_groups
 from geojax.rl.kl import KL_ESTIMATORS, register_kl
 from geojax.rl.loss import grpo_loss
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "InformativeGroupPool", "KL_ESTIMATORS", "MULTI_REWARD_KINDS",
-    "group_advantages", "group_rows", "grpo_loss", "informative_groups", "register_advantage",
-    "register_aggregation", "register_kl", "select_groups", "take_rows",
+    "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "KL_ESTIMATORS", "MULTI_REWARD_KINDS", "group_advantages",
+    "group_rows", "grpo_loss", "informative_groups", "register_advantage", "register_aggregation", "register_kl",
+    "select_groups",
 ]

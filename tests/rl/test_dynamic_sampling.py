@@ -1,10 +1,10 @@
-"""Dynamic sampling: which groups are informative, static-size selection, refilling from several rollouts."""
+"""Dynamic sampling: which groups are informative, static-size selection (the trainer's use: tests/train)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from geojax.rl import InformativeGroupPool, group_rows, informative_groups, select_groups, take_rows
+from geojax.rl import group_rows, informative_groups, select_groups
 
 # 5 groups of 3: constant, varied, constant, varied, varied
 REWARDS = np.array([1, 1, 1, 0, 1, 0, 0.5, 0.5, 0.5, 0.2, 0.2, 0.3, 2, 0, 0], np.float32)
@@ -48,34 +48,6 @@ def test_select_groups_jits():
   assert bool(informative.all())
 
 
-def test_group_rows_and_take_rows():
-  rows = group_rows(np.array([1, 3]), 3)
-  np.testing.assert_array_equal(rows, [3, 4, 5, 9, 10, 11])
-  batch = {"input_ids": np.arange(15 * 2).reshape(15, 2), "position_ids": np.zeros((3, 15, 2)),
-           "city": [f"c{i}" for i in range(15)]}
-  taken = take_rows(batch, rows)
-  np.testing.assert_array_equal(taken["input_ids"][:, 0], rows * 2)
-  assert taken["position_ids"].shape == (3, 6, 2)
-  assert taken["city"] == ["c3", "c4", "c5", "c9", "c10", "c11"]
-
-
-def test_pool_refills_a_batch_over_rollouts():
-  pool = InformativeGroupPool(group_size=3)
-  batch = {"ids": np.arange(15), "position_ids": np.tile(np.arange(15)[None, :, None], (3, 1, 4)),
-           "city": [str(i) for i in range(15)]}
-  assert pool.add(REWARDS, batch) == 3
-  assert len(pool) == 3
-  second = {"ids": np.arange(100, 115), "position_ids": batch["position_ids"] + 100,
-            "city": [str(i) for i in range(100, 115)]}
-  assert pool.add(REWARDS[::-1].copy(), second) == 3  # groups 0, 1, 3 of the reversed rollout vary
-  out = pool.take(4)  # three groups of the first rollout, then the first informative one of the second
-  np.testing.assert_array_equal(out["ids"], [3, 4, 5, 9, 10, 11, 12, 13, 14, 100, 101, 102])
-  assert out["city"] == [str(i) for i in out["ids"]]
-  np.testing.assert_array_equal(out["position_ids"][0, :, 0], out["ids"])
-  np.testing.assert_array_equal(out["rewards"], np.r_[REWARDS[3:6], REWARDS[9:15], REWARDS[::-1][:3]])
-  assert len(pool) == 2 and pool.seen_groups == 10 and pool.kept_groups == 6
-  out = pool.take(2)
-  np.testing.assert_array_equal(out["ids"], [103, 104, 105, 109, 110, 111])
-  assert len(pool) == 0
-  with pytest.raises(ValueError, match="holds 0 groups"):
-    pool.take(1)
+def test_group_rows():
+  np.testing.assert_array_equal(group_rows(np.array([1, 3]), 3), [3, 4, 5, 9, 10, 11])
+  np.testing.assert_array_equal(group_rows(jnp.asarray([0]), 2), [0, 1])
