@@ -63,7 +63,11 @@ def summary(scalars: Mapping[str, float], keys=None, digits: int = 4) -> str:
 
 
 def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True):
-  """A tqdm progress bar on process 0 (disabled elsewhere, or when stderr is not wanted)."""
+  """A tqdm progress bar on process 0 when stderr is a terminal (disabled elsewhere, or when not wanted).
+
+  Redirected to a file (a pod's gathered logs, CI), a bar is a stream of carriage returns between the log lines,
+  and the periodic step line says the same."""
   from tqdm import tqdm
-  return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr,
-              disable=not enabled or jax.process_index() != 0, mininterval=1.0)
+  shown = enabled and jax.process_index() == 0 and sys.stderr.isatty()
+  return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr, disable=not shown,
+              mininterval=1.0)
