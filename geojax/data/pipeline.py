@@ -6,19 +6,18 @@ bad-record accounting, and iterator state that resumes exactly.
   loader2 = make_loader(...same args...); loader2.set_state(state)  # continues with the batch after `batch`
 
 Order of operations: source -> this process's shard (jax.process_index() :: jax.process_count()) -> global
-shuffle (reshuffled every epoch, by seed) -> repeat(num_epochs) -> per-example transform (in worker processes)
--> bucketing into batches -> prefetch.
+shuffle (reshuffled every epoch, by seed) -> repeat(num_epochs) -> per-example transform (in worker processes,
+if any) -> bucketing into batches (in this process) -> the trainer.
 
-Bucketing reads a window of `window_batches * batch_size` examples, groups them by (image grid, padded length)
-in order of first appearance and emits full batches; a bucket's last, partial batch is filled with copies of its
-first row marked `example_mask == 0` (nothing is dropped). The iterator state is the upstream state at the start
-of the current window plus the number of batches already emitted from it, so a restore re-reads the window and
-skips exactly those batches. With worker processes each worker buckets its own slice; batches are deterministic
-for a fixed worker_count (changing worker_count changes the order).
+Worker processes return the examples in stream order, so the batches, and the saved state, are the same for
+any worker_count: a run may resume with a different one. Bucketing reads a window of `window_batches *
+batch_size` examples, groups them by (image grid, padded length) in order of first appearance and emits full
+batches; a bucket's last, partial batch is filled with copies of its first row marked `example_mask == 0`
+(nothing is dropped). The iterator state is the stream position at the start of the current window plus the
+number of batches already emitted from it, so a restore reopens the stream there and skips exactly those batches.
 
 Bad records (unreadable or truncated images, missing files, NaN or out-of-range coordinates, empty captions,
-over-long prompts) are skipped, counted by reason, and reported once per epoch with an absl warning (by each
-worker). If a source yields no usable record at all, iteration fails with an error naming the reasons.
+over-long prompts) are skipped, counted by reason, and reported once per epoch with an absl warning. If a source yields no usable record at all, iteration fails with an error naming the reasons.
 """
 from __future__ import annotations
 
@@ -91,32 +90,36 @@ class _SafeSource:
       return _Bad(f"unreadable record ({type(e).__name__})", 0)
 
 
-class BucketBatchIterDataset(grain.IterDataset):
-  """Groups features by `key_fn` into static-shape batches made by `collate_fn(features, batch_size)`."""
+class _ExampleStream:
+  """The per-example stream (a Grain MapDataset of examples or _Bad) opened at any global position, read in order
+  by a thread or by worker processes."""
 
-  def __init__(self, parent: grain.IterDataset, batch_size: int, key_fn: Callable[[Mapping], Any],
-               collate_fn: Callable[[Sequence[Mapping], int], dict], window_batches: int = 8,
-               name: str = "data"):
-    super().__init__(parent)
-    self.batch_size = batch_size
-    self.key_fn = key_fn
-    self.collate_fn = collate_fn
+  def __init__(self, dataset: grain.MapDataset, read_options: grain.ReadOptions, worker_count: int,
+               worker_buffer: int):
+    self.dataset, self.read_options = dataset, read_options
+    self.worker_count, self.worker_buffer = worker_count, worker_buffer
+
+  def open(self, position: int) -> Iterator[Any]:
+    dataset = self.dataset[position:] if position else self.dataset
+    stream = dataset.to_iter_dataset(self.read_options)
+    if self.worker_count > 0:
+      stream = stream.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
+          num_workers=self.worker_count, per_worker_buffer_size=self.worker_buffer), worker_init_fn=_init_worker)
+    return iter(stream)
+
+
+class _BucketBatcher:
+  """Groups the stream's examples by `key_fn` into static-shape batches made by `collate_fn(features, batch_size)`;
+  counts and reports bad records; its state is a stream position (see the module docstring)."""
+
+  def __init__(self, stream: _ExampleStream, batch_size: int, key_fn: Callable[[Mapping], Any],
+               collate_fn: Callable[[Sequence[Mapping], int], dict], window_batches: int = 8, name: str = "data"):
+    self._stream, self.batch_size, self.key_fn, self.collate_fn = stream, batch_size, key_fn, collate_fn
     self.window = max(1, window_batches) * batch_size
     self.name = name
-
-  def __iter__(self) -> "_BucketBatchIterator":
-    return _BucketBatchIterator(self._parent.__iter__(), self)
-
-  def __str__(self) -> str:
-    return f"BucketBatchIterDataset(batch_size={self.batch_size}, window={self.window})"
-
-
-class _BucketBatchIterator(grain.DatasetIterator):
-
-  def __init__(self, parent: grain.DatasetIterator, ds: BucketBatchIterDataset):
-    super().__init__(parent)
-    self._ds = ds
-    self._window_start = parent.get_state()
+    self._examples = None  # opened on first read (a restore reopens it elsewhere; workers start once)
+    self._position = 0  # examples read from the stream so far
+    self._window_start = 0
     self._pending: collections.deque = collections.deque()
     self._emitted = 0
     self._skip = 0
@@ -131,13 +134,14 @@ class _BucketBatchIterator(grain.DatasetIterator):
     self._window_epoch = 0
     self._window_bad: dict[str, int] = {}
 
+
   def _report_bad(self, epoch: int) -> None:
     """Ends `epoch`'s bad-record count, warning once per epoch (a restored run may re-read an epoch's end)."""
     if epoch > self._bad_reported_epoch:
       if self._bad_counts:
         total = sum(self._bad_counts.values())
         reasons = ", ".join(f"{r}: {n}" for r, n in self._bad_counts.most_common())
-        logging.warning("%s: skipped %d bad records in epoch %d (%s)", self._ds.name, total, epoch, reasons)
+        logging.warning("%s: skipped %d bad records in epoch %d (%s)", self.name, total, epoch, reasons)
       self._bad_reported_epoch = epoch
     self._bad_counts.clear()
 
@@ -159,31 +163,34 @@ class _BucketBatchIterator(grain.DatasetIterator):
 
   def _fail(self) -> None:
     reasons = ", ".join(f"{r}: {n}" for r, n in self._bad_counts.most_common(5))
-    raise ValueError(f"{self._ds.name}: no usable record among the first {self._leading_bad} read; every one was "
+    raise ValueError(f"{self.name}: no usable record among the first {self._leading_bad} read; every one was "
                      f"bad ({reasons}). Check the dataset paths and format.")
 
   def _fill(self) -> None:
     """Reads the next window and queues its batches (as lists of features)."""
-    self._window_start = self._parent.get_state()
+    self._window_start = self._position
     self._window_epoch, self._window_bad = self._epoch, dict(self._bad_counts)
     self._emitted = 0
     groups: dict[Any, list] = {}
     order: list[tuple[int, Any, list]] = []
-    for _ in range(self._ds.window):
+    for _ in range(self.window):
+      if self._examples is None:
+        self._examples = self._stream.open(self._position)
       try:
-        element = next(self._parent)
+        element = next(self._examples)
       except StopIteration:
         self._exhausted = True
         break
+      self._position += 1
       if isinstance(element, _Bad):
         self._count_bad(element)
         continue
       if element.get("_epoch", self._epoch) != self._epoch:
         self._enter_epoch(element["_epoch"])
       self._good += 1
-      key = self._ds.key_fn(element)
+      key = self.key_fn(element)
       group = groups.get(key)
-      if group is None or len(group) == self._ds.batch_size:
+      if group is None or len(group) == self.batch_size:
         group = groups[key] = []
         order.append((len(order), key, group))
       group.append(element)
@@ -204,15 +211,19 @@ class _BucketBatchIterator(grain.DatasetIterator):
       if self._skip:
         self._skip -= 1
         continue
-      return self._ds.collate_fn(group, self._ds.batch_size)
+      return self.collate_fn(group, self.batch_size)
+
+  def __iter__(self) -> "_BucketBatcher":
+    return self
 
   def get_state(self) -> dict:
-    return {"window_start": self._window_start, "emitted": self._emitted, "epoch": self._window_epoch,
+    return {"position": self._window_start, "emitted": self._emitted, "epoch": self._window_epoch,
             "bad_counts": dict(self._window_bad), "reported_epoch": self._bad_reported_epoch}
 
   def set_state(self, state: dict) -> None:
-    self._parent.set_state(state["window_start"])
-    self._window_start = state["window_start"]
+    position = _stream_position(state)
+    self.close()
+    self._position = self._window_start = position
     self._pending = collections.deque()
     self._exhausted = False
     self._skip = int(state["emitted"])
@@ -223,31 +234,48 @@ class _BucketBatchIterator(grain.DatasetIterator):
     self._bad_reported_epoch = int(state.get("reported_epoch", self._epoch - 1))
     self._good = max(self._good, 1)  # a restored run has seen good records before
 
+  def close(self) -> None:
+    close = getattr(self._examples, "close", None)
+    if close is not None:
+      close()
+    self._examples = None
+
+
+def _stream_position(state: Mapping[str, Any]) -> int:
+  """The stream position of a saved state. States saved before bucketing moved out of the workers hold the
+  upstream Grain state instead: an in-process one ({"next_index": n}) is that position; one from worker
+  processes (each bucketing its own slice) has no equivalent."""
+  if "position" in state:
+    return int(state["position"])
+  window_start = state.get("window_start")
+  if isinstance(window_start, Mapping) and set(window_start) == {"next_index"}:
+    return int(window_start["next_index"])
+  raise ValueError("this data state was saved by an older geojax whose worker processes batched their own slices "
+                   f"of the data; it cannot be resumed exactly (state keys: {sorted(state)}). Restart the stage, or "
+                   "resume it with that version.")
+
 
 class Loader:
   """Iterator of batches with `get_state()` / `set_state()` for checkpoints (state is a JSON-able dict)."""
 
-  def __init__(self, dataset: grain.IterDataset, num_batches_hint: int | None = None):
-    self._dataset = dataset
-    self._iterator = dataset.__iter__()
+  def __init__(self, batches: _BucketBatcher, num_batches_hint: int | None = None):
+    self._batches = batches
     self.num_batches_hint = num_batches_hint
 
   def __iter__(self) -> Iterator[dict]:
     return self
 
   def __next__(self) -> dict:
-    return next(self._iterator)
+    return next(self._batches)
 
   def get_state(self) -> dict:
-    return self._iterator.get_state()
+    return self._batches.get_state()
 
   def set_state(self, state: Mapping[str, Any]) -> None:
-    self._iterator.set_state(dict(state))
+    self._batches.set_state(dict(state))
 
   def close(self) -> None:
-    close = getattr(self._iterator, "close", None)
-    if close is not None:
-      close()
+    self._batches.close()
 
 
 def _default_shard() -> tuple[int, int]:
@@ -294,13 +322,11 @@ def make_loader(records_source, transform: Callable[[Any], dict], batch_size: in
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
   ds = ds.map_with_index(_SafeTransform(transform, epoch_len))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
-  key_fn = key_fn or getattr(transform, "bucket_key")
-  collate_fn = collate_fn or getattr(transform, "collate")
-  it = BucketBatchIterDataset(it, batch_size, key_fn, collate_fn, window_batches, name)
-  if worker_count > 0:
-    it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=worker_count,
-                                                                     per_worker_buffer_size=prefetch),
-                        worker_init_fn=_init_worker)
+  # Workers buffer about `prefetch` batches between them.
+  worker_buffer = max(prefetch, -(-prefetch * batch_size // max(worker_count, 1)))
+  stream = _ExampleStream(ds, grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch),
+                          worker_count, worker_buffer)
+  batches = _BucketBatcher(stream, batch_size, key_fn or getattr(transform, "bucket_key"),
+                           collate_fn or getattr(transform, "collate"), window_batches, name)
   hint = None if num_epochs is None else -(-epoch_len * num_epochs // batch_size)
-  return Loader(it, hint)
+  return Loader(batches, hint)

@@ -74,16 +74,33 @@ def test_sharding_is_disjoint(records, transform):
   assert not (ids[0] & ids[1]) and not (ids[1] & ids[2]) and len(set.union(*ids)) == N - 3
 
 
-def test_worker_processes_resume_from_array_record(tmp_path, records, transform):
+def test_batches_and_resume_do_not_depend_on_worker_count(tmp_path, records, transform, caplog):
+  """Workers run the transform, this process buckets: the batches and the saved state are the same for any
+  worker_count, so a run may resume with another; bad records are reported once per epoch, not per worker."""
   write_records(str(tmp_path), "train", records, num_shards=2)
   source = ArrayRecordSource(str(tmp_path), "train")
-  # One worker process buckets the same stream the in-process loader does, so their batches agree.
-  full, _ = _run(source, transform, worker_count=0, num_epochs=1)
-  head, state = _run(source, transform, worker_count=1, num_epochs=1, k=2)
-  tail, _ = _run(source, transform, worker_count=1, num_epochs=1, state=state)
-  assert head + tail == full
+  full, _ = _run(source, transform, worker_count=0)
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    assert _run(source, transform, worker_count=2)[0] == full
+  reports = [r.getMessage() for r in caplog.records if "bad records" in r.getMessage()]
+  assert len(reports) == 2 and all("skipped 3 bad records" in m for m in reports)
+  for k, before, after in ((2, 2, 0), (5, 1, 3), (7, 0, 1)):
+    head, state = _run(source, transform, worker_count=before, k=k)
+    tail, _ = _run(source, transform, worker_count=after, state=state)
+    assert head + tail == full, (k, before, after)
   ids = [i for sig in full for i, m in zip(sig[2], sig[3]) if m]
-  assert len(ids) == N - 3 and len(set(ids)) == N - 3
+  assert len(ids) == 2 * (N - 3) and len(set(ids)) == N - 3
+
+
+def test_states_of_the_older_layout(records, transform):
+  """An in-process state saved when it held Grain's own iterator state restores; a worker one fails clearly."""
+  full, _ = _run(records, transform)
+  head, state = _run(records, transform, k=3)
+  legacy = dict(state, window_start={"next_index": state.pop("position")})
+  assert head + _run(records, transform, state=legacy)[0] == full
+  with pytest.raises(ValueError, match="older geojax whose worker processes"):
+    _run(records, transform, state=dict(legacy, window_start={"workers_state": {}, "last_worker_index": 0}))
 
 
 def test_bad_records_are_reported_once_per_epoch(records, transform, caplog):
