@@ -17,7 +17,8 @@ batches; a bucket's last, partial batch is filled with copies of its first row m
 number of batches already emitted from it, so a restore reopens the stream there and skips exactly those batches.
 
 Bad records (unreadable or truncated images, missing files, NaN or out-of-range coordinates, empty captions,
-over-long prompts) are skipped, counted by reason, and reported once per epoch with an absl warning. If a source yields no usable record at all, iteration fails with an error naming the reasons.
+over-long prompts) are skipped, counted by reason, and reported once per epoch with an absl warning. If a source
+yields no usable record at all, iteration fails with an error naming the reasons.
 """
 from __future__ import annotations
 
@@ -133,7 +134,6 @@ class _BucketBatcher:
     # re-reads (and recounts) the window, so the epoch's report after a resume equals an uninterrupted run's.
     self._window_epoch = 0
     self._window_bad: dict[str, int] = {}
-
 
   def _report_bad(self, epoch: int) -> None:
     """Ends `epoch`'s bad-record count, warning once per epoch (a restored run may re-read an epoch's end)."""
