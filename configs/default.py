@@ -1,7 +1,7 @@
 """The main job: a tiny Qwen2-VL-style model (random init) learns to geolocate the built-in map tiles.
 
 SFT on the answer text, then GRPO with a distance reward, then evaluation on the held-out split; the metric
-table is printed for the untrained model, after SFT and after GRPO. Runs on a 2-core CPU in ~8-9 minutes.
+table is printed for the untrained model, after SFT and after GRPO. Runs on a 2-core CPU in ~5-6 minutes.
 
   python -m geojax.train --config=configs/default.py            # the main job
   python -m geojax.train --config=configs/default.py:ci         # ~1-2 minute end-to-end check

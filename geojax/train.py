@@ -518,7 +518,7 @@ def run_grpo(config, model, tokenizer, mesh, writer, train_records, evaluate_fn)
     rollout, prompt, tokens, lengths, ref_lp, info = (dynamic_rollout if dynamic else plain_rollout)(
         batch, stage.step)
     batch = rollout.batch
-    example = np.repeat(np.asarray(batch["example_mask"]) > 0, group)
+    example = _example_rows(batch, group)
     advantages = np.asarray(group_advantages(jnp.asarray(rollout.rewards), group, gc.advantage), np.float32)
     advantages = np.where(example, advantages, 0.0).astype(np.float32)
     # 4. the update
@@ -550,32 +550,41 @@ def _rollout_shape(batch: dict, group: int) -> tuple[tuple, int]:
   return tuple(g for g in grid for _ in range(group)), int(np.asarray(batch["input_ids"]).shape[1])
 
 
+def _example_rows(batch: dict, group: int) -> np.ndarray:
+  """[B*G] True on the rollout rows of real examples, False on those of a partial batch's filler examples."""
+  return np.repeat(np.asarray(batch["example_mask"]) > 0, group)
+
+
 def _group_rewards(rollout: Rollout, group: int) -> np.ndarray:
   """Rewards with the groups of filler examples zeroed, so they never count as informative."""
-  example = np.repeat(np.asarray(rollout.batch["example_mask"]) > 0, group)
-  return np.where(example, rollout.rewards, 0.0)
+  return np.where(_example_rows(rollout.batch, group), rollout.rewards, 0.0)
 
 
 def _n_informative(rollout: Rollout, group: int) -> int:
   return int(informative_groups(_group_rewards(rollout, group), group).sum())
 
 
-def _informative_count(rollouts: list[Rollout], group: int) -> int:
-  """Informative groups among the rollouts whose batch shape has the most of them (only those can be joined)."""
-  counts: dict[tuple, int] = {}
+def _by_shape(rollouts: list[Rollout], group: int) -> dict[tuple, tuple[list[Rollout], int]]:
+  """The rollouts grouped by batch shape (only rollouts of one shape can be joined), each group with its number
+  of informative groups."""
+  out: dict[tuple, tuple[list[Rollout], int]] = {}
   for r in rollouts:
-    key = batch_shape(r.batch)
-    counts[key] = counts.get(key, 0) + _n_informative(r, group)
-  return max(counts.values())
+    shape = batch_shape(r.batch)
+    members, count = out.get(shape, ([], 0))
+    out[shape] = (members + [r], count + _n_informative(r, group))
+  return out
+
+
+def _informative_count(rollouts: list[Rollout], group: int) -> int:
+  """Informative groups among the rollouts whose batch shape has the most of them."""
+  return max(count for _, count in _by_shape(rollouts, group).values())
 
 
 def _select_informative(rollouts: list[Rollout], group: int, n_groups: int) -> tuple[Rollout, dict[str, float]]:
   """`n_groups` groups of one batch shape, informative ones first (the shape with the most of them), as one
   Rollout; uninformative groups fill a shortfall, so shapes stay static."""
-  by_shape: dict[tuple, list[Rollout]] = {}
-  for r in rollouts:
-    by_shape.setdefault(batch_shape(r.batch), []).append(r)
-  chosen = max(by_shape.values(), key=lambda rs: sum(_n_informative(r, group) for r in rs))
+  by_shape = _by_shape(rollouts, group)
+  chosen, _ = max(by_shape.values(), key=lambda entry: entry[1])
   rewards = np.concatenate([_group_rewards(r, group) for r in chosen])
   index, informative = select_groups(rewards, group, n_groups)
   rows = group_rows(index, group)
@@ -588,7 +597,7 @@ def _select_informative(rollouts: list[Rollout], group: int, n_groups: int) -> t
       rewards=np.concatenate([r.rewards for r in chosen])[rows],
       per_reward={k: np.concatenate([np.asarray(r.per_reward[k]) for r in chosen])[rows] for k in chosen[0].per_reward})
   seen = sum(int((np.asarray(r.batch["example_mask"]) > 0).sum()) for r in rollouts)
-  found = sum(_n_informative(r, group) for r in rollouts)
+  found = sum(count for _, count in by_shape.values())
   return merged, {"dynamic_sampling/rollouts": float(len(rollouts)),
                   "dynamic_sampling/informative_frac": found / max(seen, 1),
                   "dynamic_sampling/filled_frac": float(1.0 - np.mean(informative))}
