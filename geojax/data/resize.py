@@ -207,16 +207,12 @@ def resize_packed(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return pixels.copy()
   # For a whole-image resize every input row and column is within some output's taps, so unlike Pillow (which
   # also serves crop boxes) there is nothing to trim before the first pass.
+  passes = [(need_horizontal, _horizontal, in_w, out_w), (need_vertical, _vertical, in_h, out_h)]
   if pass_order((in_w, in_h), size) == "vertical":
-    if need_vertical:
-      pixels = _vertical(pixels, *coefficients(in_h, out_h))
-    if need_horizontal:
-      pixels = _horizontal(pixels, *coefficients(in_w, out_w))
-    return pixels
-  if need_horizontal:
-    pixels = _horizontal(pixels, *coefficients(in_w, out_w))
-  if need_vertical:
-    pixels = _vertical(pixels, *coefficients(in_h, out_h))
+    passes.reverse()
+  for needed, run_pass, n_in, n_out in passes:
+    if needed:
+      pixels = run_pass(pixels, *coefficients(n_in, n_out))
   return pixels
 
 
