@@ -25,6 +25,7 @@ other hosts by itself.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -63,6 +64,7 @@ flags.DEFINE_string("local_dir", "pod_logs", "Local directory `logs` copies into
 flags.DEFINE_integer("port", 6006, "Local port `tensorboard` forwards.")
 flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
 flags.mark_flag_as_required("name")
+POD_FLAGS = frozenset(f.name for f in flags.FLAGS.get_flags_for_module(__name__))
 
 FLAGS = flags.FLAGS
 
@@ -293,22 +295,54 @@ def pod_from_flags() -> Pod:
              config=FLAGS.config, run_name=FLAGS.run_name, workdir=FLAGS.workdir, distributed=FLAGS.distributed)
 
 
+def _flag_name(word: str) -> str | None:
+  """The flag a command-line word sets (`--dry_run=true` -> dry_run, `-nodry_run` -> nodry_run), or None."""
+  match = re.fullmatch(r"--?([A-Za-z_][\w.]*)(=.*)?", word)
+  return match.group(1) if match else None
+
+
+def split_pod_flags(command: str, args: Sequence[str]) -> tuple[bool, list[str]]:
+  """Reads pod flags that ended up after `--`: (dry run asked for, the remaining arguments).
+
+  `--dry_run` is honoured wherever it stands, so appending it to a line never reaches a real TPU. Any other
+  pod flag after `--` is refused for `launch` (whose arguments are training overrides, where it would
+  silently do nothing); for `run` the words are a host command, which may have flags of its own.
+  """
+  dry_run, rest = False, []
+  for word in args:
+    name = _flag_name(word)
+    if name == "dry_run" and word.split("=", 1)[-1].lower() not in ("false", "0"):
+      dry_run = True
+      continue
+    if name in ("nodry_run", "dry_run"):
+      raise ValueError(f"{word} after `--` is ambiguous for a pod command; put pod flags before `--`")
+    if command == "launch" and name is not None and (name in POD_FLAGS or name[2:] in POD_FLAGS and name.startswith("no")):
+      raise ValueError(f"{word} is a tpu.pod flag but stands after `--`, where it would be passed to "
+                       f"geojax.train; put it before `--`")
+    rest.append(word)
+  return dry_run, rest
+
+
 def main(argv: Sequence[str]) -> int:
   if len(argv) < 2 or argv[1] not in COMMANDS:
     sys.stderr.write(f"usage: python -m tpu.pod {{{','.join(COMMANDS)}}} --name=NAME [flags] [-- args]\n")
     return 2
-  command, args = argv[1], argv[2:]
+  command = argv[1]
   try:
+    late_dry_run, args = split_pod_flags(command, argv[2:])
+    dry_run = FLAGS.dry_run or late_dry_run
     commands = build_commands(command, pod_from_flags(), args, worker=FLAGS.worker, local_dir=FLAGS.local_dir,
                               port=FLAGS.port, bucket=FLAGS.bucket, mount_point=FLAGS.mount_point)
   except ValueError as e:
     sys.stderr.write(f"error: {e}\n")
     return 2
+  if late_dry_run:
+    sys.stderr.write("note: --dry_run after `--` taken as the pod flag: printing the commands, running none\n")
   # status reports whatever it can reach; the other commands stop at the first failure
   check = command != "status"
   for cmd in commands:
     print(shlex.join(cmd), flush=True)
-    if FLAGS.dry_run:
+    if dry_run:
       continue
     if cmd[0] == "mkdir":
       os.makedirs(cmd[-1], exist_ok=True)

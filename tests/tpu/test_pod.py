@@ -177,3 +177,53 @@ def test_host_scripts_run_in_a_fake_home(tmp_path):
       os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
       pass
+
+
+@pytest.fixture
+def trap_gcloud(tmp_path, monkeypatch):
+  """A `gcloud` first on PATH that records any call: a dry run must leave the record empty."""
+  calls = tmp_path / "gcloud_calls"
+  fake = tmp_path / "bin" / "gcloud"
+  fake.parent.mkdir()
+  fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+  fake.chmod(0o755)
+  monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+  return calls
+
+
+def run_pod(*argv):
+  return subprocess.run([sys.executable, "-m", "tpu.pod", *argv], cwd=REPO, capture_output=True, text=True,
+                        timeout=60, env=os.environ.copy())
+
+
+@pytest.mark.parametrize("placement", ["before", "after", "after_with_value"])
+@pytest.mark.parametrize("command", ["launch", "run", "status", "create"])
+def test_dry_run_never_runs_gcloud_wherever_the_flag_stands(trap_gcloud, command, placement):
+  pod = ["--name=geo-pod", "--zone=us-central2-b"]
+  extra = {"launch": ["--config.grpo.steps=5"], "run": ["ls"]}.get(command, [])
+  if placement == "before":
+    argv = [command, *pod, "--dry_run", *(["--", *extra] if extra else [])]
+  else:
+    argv = [command, *pod, "--", *extra, "--dry_run" if placement == "after" else "--dry_run=true"]
+  result = run_pod(*argv)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("gcloud ")
+  assert not trap_gcloud.exists()
+  if placement != "before":
+    assert "--dry_run" not in result.stdout  # not passed on to the hosts
+    assert "running none" in result.stderr
+
+
+def test_pod_flag_after_separator_is_refused_for_launch(trap_gcloud):
+  result = run_pod("launch", "--name=geo-pod", "--", "--config.grpo.steps=5", "--zone=us-central2-b")
+  assert result.returncode == 2
+  assert "--zone=us-central2-b is a tpu.pod flag" in result.stderr
+  assert result.stdout == "" and not trap_gcloud.exists()
+  result = run_pod("launch", "--name=geo-pod", "--", "--nodry_run")
+  assert result.returncode == 2 and "ambiguous" in result.stderr and not trap_gcloud.exists()
+
+
+def test_without_dry_run_gcloud_is_called(trap_gcloud):
+  """The trap works: the same line without --dry_run reaches (the fake) gcloud."""
+  result = run_pod("status", "--name=geo-pod", "--zone=us-central2-b")
+  assert trap_gcloud.exists() and "geo-pod" in trap_gcloud.read_text()
