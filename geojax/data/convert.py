@@ -7,8 +7,8 @@
   python -m geojax.data.convert --format mp16_pro --root /data/mp16 --out /data/mp16_hard --hotspots hot.csv
 
 Records hold the encoded image bytes, coordinates, place names, the Chain-of-Region label, clues and reasoning
-(schema in geojax.data.records). Bad rows (missing image, unusable coordinates, unreadable image with
---check_images) are skipped and counted; the counts are printed at the end.
+(schema in geojax.data.records). Bad rows (missing image, unusable coordinates, and with --check_images an image
+that does not fully decode, e.g. a truncated JPEG) are skipped and counted; the counts are printed at the end.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from geojax.data.mining import drop_near_hotspots
 from geojax.data.records import ArrayRecordWriter
-from geojax.data.sources import FORMATS, default_paths, image_bytes_ok, iterate_valid, open_source
+from geojax.data.sources import FORMATS, default_paths, image_problem, iterate_valid, open_source
 
 
 def read_hotspots(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -56,8 +56,9 @@ def convert(fmt: str, metadata: str, images: Sequence[str], out: str, split: str
     bar = tqdm(iterate_valid(source, indices), total=len(indices), desc=f"{fmt} -> {split}", unit="img",
                disable=not progress)
     for _, record, reason in bar:
-      if record is not None and check_images and not image_bytes_ok(record["image"]):
-        record, reason = None, "unreadable image"
+      if record is not None and check_images:
+        reason = image_problem(record["image"])
+        record = None if reason else record
       if record is None:
         skipped[reason] += 1
         bar.set_postfix(skipped=sum(skipped.values()))
@@ -81,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--limit", type=int, default=0)
   parser.add_argument("--hotspots", default="", help="CSV of hotspot coordinates to mine hard samples against")
   parser.add_argument("--radius_km", type=float, default=200.0)
-  parser.add_argument("--check_images", action="store_true", help="verify image bytes (slower)")
+  parser.add_argument("--check_images", action="store_true",
+                      help="decode each image fully, skip those that fail (slower)")
   args = parser.parse_args(argv)
   metadata, images = args.metadata, args.images
   if args.root:

@@ -292,15 +292,20 @@ def iterate_valid(source, indices: Iterable[int]) -> Iterable[tuple[int, dict | 
       yield i, None, f"unreadable record ({type(e).__name__})"
 
 
-def image_bytes_ok(data: bytes) -> bool:
-  """Cheap integrity check of encoded image bytes (header + structure, no full decode)."""
-  from PIL import Image
+def image_problem(data: bytes) -> str | None:
+  """Why encoded image bytes do not decode (None when they do). A full decode: PIL's verify() only checks the
+  structure, and a JPEG cut short passes it."""
+  from PIL import Image, ImageFile
+  padded = ImageFile.LOAD_TRUNCATED_IMAGES
+  ImageFile.LOAD_TRUNCATED_IMAGES = False  # a caller's opt-in to padding cut files with grey would hide them
   try:
     with Image.open(io.BytesIO(data)) as im:
-      im.verify()
-    return True
-  except Exception:
-    return False
+      im.load()
+    return None
+  except Exception as e:  # anything a corrupt file can raise (OSError, SyntaxError, DecompressionBombError, ...)
+    return "truncated image" if "truncated" in str(e) else f"unreadable image ({type(e).__name__})"
+  finally:
+    ImageFile.LOAD_TRUNCATED_IMAGES = padded
 
 
 def default_paths(fmt: str, root: str, split: str = "train") -> tuple[str, str]:

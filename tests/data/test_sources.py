@@ -146,6 +146,23 @@ def test_cli_and_all_bad_source(tmp_path, capsys):
   assert "no usable record" in capsys.readouterr().err
 
 
+def test_check_images_skips_and_reports_a_truncated_jpeg(tmp_path, capsys):
+  """A JPEG cut in half passes PIL's verify(); --check_images decodes it fully, so it is skipped and counted."""
+  from PIL import Image
+  metadata, images = _make(tmp_path, "yfcc4k")
+  cut = tmp_path / "yfcc4k" / "1002_photo.jpg"
+  whole = cut.read_bytes()
+  cut.write_bytes(whole[:len(whole) // 2])
+  with Image.open(cut) as im:
+    im.verify()  # the check this replaces: no error
+  assert main(["--format", "yfcc4k", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--check_images"]) == 0
+  out = capsys.readouterr().out
+  assert "wrote 3 records" in out and "'truncated image': 1" in out, out
+  result = convert("yfcc4k", metadata, [images], str(tmp_path / "o2"), check_images=True, progress=False)
+  assert result["written"] == 3 and result["skipped"]["truncated image"] == 1
+  assert "1002_photo.jpg" not in {ArrayRecordSource(str(tmp_path / "o2"), "train")[i]["id"] for i in range(3)}
+
+
 def test_image_store_truncated_and_pickled(tmp_path):
   (tmp_path / "a.jpg").write_bytes(_jpeg(0)[:50])
   store = ImageStore(str(tmp_path))
