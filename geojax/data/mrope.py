@@ -95,3 +95,16 @@ def rope_index(
         f"{len(grids)} image grids were given but the image tokens cover only {next_image} images "
         f"(image tokens and image features do not match)")
   return positions.astype(np.int32), deltas.astype(np.int32)
+
+
+def next_positions(position_ids, attention_mask=None):
+  """[B] int32 position of the first token generated after each prompt: one past the largest position of its
+  real tokens (the same on all three axes). The one definition the sampler and the training pass share; works on
+  numpy and jax arrays (inside jit too)."""
+  if isinstance(position_ids, np.ndarray):
+    xp = np
+  else:
+    import jax.numpy as xp  # here, so host-side data workers importing this module never load jax
+  if attention_mask is not None:
+    position_ids = xp.where(attention_mask.astype(bool)[None], position_ids, -1)
+  return (xp.max(position_ids, axis=(0, 2)) + 1).astype(xp.int32)

@@ -1,0 +1,153 @@
+"""GRPO as a learner whose roles are objects of their own, each replaceable:
+
+  policy     the learner's train state (the parameters being trained)
+  rollout    a rollout source: prompts from the loader, G completions each from a sampler, scored by the rewards
+             (`RolloutSource`, or `DynamicSampling` around one)
+  rewards    a RewardFunction: (texts, batch, group) -> (total [B*G], {name: [B*G]})
+  reference  the frozen policy of the KL term (`ReferencePolicy`), or None without one
+  advantage  (rollout, group) -> [B*G] advantages
+  update     the clipped GRPO loss of `geojax.rl` on the rollout tokens exactly as sampled, then AdamW
+
+One step, in order (JAX dispatch is asynchronous, so the host works while the device computes):
+  1. sample G completions per prompt on the current policy;
+  2. dispatch the reference policy's log-probabilities of those tokens;
+  3. meanwhile on the host: decode the completions, score them, group advantages;
+  4. dispatch the update.
+
+  learner = GRPOLearner.from_config(config, model, tokenizer, mesh, records, rewards=my_reward_fn)
+  metrics = learner.train_step()      # or learner.fit() for config.grpo.steps steps with checkpoints
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from geojax import runtime
+from geojax.data.pipeline import make_loader
+from geojax.learners.learner import Learner, host_metrics
+from geojax.learners.optim import accumulate_grads, apply_update
+from geojax.learners.rewards import as_reward, rewards_from_config
+from geojax.learners.rollout import (DynamicSampling, Rollout, RolloutSource, Sampled, completion_logprobs,
+                                     rollout_metrics, rollout_sequences)
+from geojax.rl import group_advantages, grpo_loss
+from geojax.sampling import Sampler
+
+
+class ReferencePolicy:
+  """The frozen policy the KL term pulls toward: a copy of the parameters GRPO started from."""
+
+  def __init__(self, graphdef, params, rest, group: int):
+    self.graphdef, self.rest, self.group = graphdef, rest, group
+    self.params = jax.tree.map(jnp.copy, params)
+    self._logprobs = jax.jit(self._logprobs_fn, static_argnames=("grid", "prompt_len"))
+
+  def _logprobs_fn(self, params, prompt, tokens, lengths, grid, prompt_len):
+    seq = rollout_sequences(prompt, tokens, lengths, self.group)
+    return completion_logprobs(nnx.merge(self.graphdef, params, self.rest), seq, grid, prompt_len)
+
+  def logprobs(self, sampled: Sampled) -> jax.Array:
+    """[B*G, N] log-probs of the sampled completions (dispatched asynchronously)."""
+    return self._logprobs(self.params, sampled.prompt, sampled.tokens, sampled.lengths, *sampled.shape(self.group))
+
+
+class GroupAdvantage:
+  """Advantages of the total reward within each prompt's group (`geojax.rl.ADVANTAGE_ESTIMATORS[name]`)."""
+
+  def __init__(self, name: str = "grpo"):
+    self.name = name
+
+  def __call__(self, rollout: Rollout, group: int) -> np.ndarray:
+    return np.asarray(group_advantages(jnp.asarray(rollout.rewards), group, self.name), np.float32)
+
+
+def policy_sampler(model, gc: ml_collections.ConfigDict, tokenizer) -> Callable:
+  """(params, batch, rng) -> GenerateResult: config.grpo's sampling settings on the policy's graph."""
+  sampler = Sampler(model, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, top_k=gc.top_k or None,
+                    top_p=gc.top_p, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
+                    num_samples=gc.group_size)
+  return lambda params, batch, rng: sampler(params, batch["input_ids"], batch["attention_mask"],
+                                            batch["pixel_values"], batch["image_grid_thw"],
+                                            position_ids=batch["position_ids"], rng=rng)
+
+
+class GRPOLearner(Learner):
+  """GRPO from `model`; see the module docstring for the roles. `rollout` reads the only data loader."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model, mesh, rollout, *, reference: bool | ReferencePolicy
+               = True, advantage: Callable | None = None, writer: runtime.MetricWriter | None = None, gaz=None):
+    super().__init__("grpo", config, model, mesh, rollout.loader, writer)
+    gc = self.sc
+    self.group = gc.group_size
+    self.rollout = rollout
+    if reference is True:  # built before any restore: the reference is the model GRPO started from
+      reference = ReferencePolicy(self.graphdef, self.state["params"], self.rest, self.group) if gc.beta > 0 else None
+    self.reference = reference or None
+    self.advantage = advantage or GroupAdvantage(gc.advantage)
+    if gaz is None:
+      from geojax.geo import Gazetteer
+      gaz = Gazetteer.load()
+    self.gaz = gaz
+    self._update = jax.jit(self._update_fn, static_argnames=("grid", "prompt_len"), donate_argnums=(0,))
+
+  @property
+  def rewards(self):
+    return getattr(self.rollout, "source", self.rollout).rewards
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, model, tokenizer, mesh, records, *, rewards=None,
+                  writer: runtime.MetricWriter | None = None, **roles) -> "GRPOLearner":
+    """The learner of `config.grpo` on `records`; `rewards` (a RewardFunction or a plain function returning
+    [B*G] rewards) replaces the config's rewards."""
+    from geojax.experiment import example_transform
+    from geojax.geo import Gazetteer
+    gc = config.grpo
+    loader = make_loader(records, example_transform(config, tokenizer, "rl"), batch_size=gc.batch_size,
+                         seed=config.seed + 1, shuffle=True, num_epochs=None, worker_count=config.data.workers,
+                         shard_index=0, shard_count=1, name="grpo")
+    gaz = Gazetteer.load()
+    rewards = as_reward(rewards) if rewards is not None else rewards_from_config(config, mesh, gaz)
+    source = RolloutSource(loader, policy_sampler(model, gc, tokenizer), rewards, tokenizer, gc.group_size,
+                           jax.random.key(config.seed), mesh)
+    if gc.dynamic_sampling and gc.max_rollouts > 1:  # with one rollout there is nothing to choose from
+      source = DynamicSampling(source, gc.batch_size, gc.max_rollouts)
+    return cls(config, model, mesh, source, writer=writer, gaz=gaz, **roles)
+
+  def loss(self, params, batch: dict, grid: tuple, prompt_len: int):
+    gc = self.sc
+    lp = completion_logprobs(self.model(params), batch, grid, prompt_len)
+    return grpo_loss(lp, None, batch.get("ref_logprobs"), batch["advantages"], batch["completion_mask"],
+                     eps_low=gc.eps_low, eps_high=gc.eps_high, beta=gc.beta, kl=gc.kl if gc.beta > 0 else None,
+                     agg=gc.agg)
+
+  def _update_fn(self, state, prompt, tokens, lengths, advantages, ref_logprobs, grid, prompt_len):
+    seq = rollout_sequences(prompt, tokens, lengths, self.group)
+    seq["advantages"] = advantages
+    if ref_logprobs is not None:
+      seq["ref_logprobs"] = ref_logprobs
+    n_micro = self.sc.grad_accum
+    loss, metrics, grads = accumulate_grads(
+        functools.partial(self.loss, grid=grid[:len(grid) // n_micro], prompt_len=prompt_len), state["params"], seq,
+        n_micro)
+    return apply_update(self.tx, state, grads, loss, metrics)
+
+  def train_step(self) -> dict[str, float]:
+    # 1-3: sample on the current policy, dispatch the reference pass, score on the host meanwhile
+    sampled = self.rollout.sample(self.state["params"], self.step)
+    ref_logprobs = self.reference.logprobs(sampled) if self.reference is not None else None
+    rollout = self.rollout.score(sampled)
+    example = rollout.example_rows(self.group)
+    advantages = np.where(example, self.advantage(rollout, self.group), 0.0).astype(np.float32)
+    # 4. the update
+    self.state, metrics = self._update(self.state, sampled.prompt, sampled.tokens, sampled.lengths,
+                                       runtime.put_global(advantages, self.mesh), ref_logprobs,
+                                       *sampled.shape(self.group))
+    metrics = host_metrics(metrics)
+    metrics.update(rollout_metrics(rollout, self.group, self.config.data.answer, self.gaz))
+    metrics.update(self.rollout.info())
+    return metrics

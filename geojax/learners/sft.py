@@ -1,0 +1,55 @@
+"""Supervised fine-tuning on answer texts: next-token loss on the answer tokens only."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import ml_collections
+
+from geojax import runtime
+from geojax.data.batch import put_batch
+from geojax.data.pipeline import make_loader
+from geojax.learners.learner import Learner, host_metrics
+from geojax.learners.optim import accumulate_grads, apply_update
+from geojax.models import grid_tuple
+from geojax.models.logprobs import token_logprobs
+from geojax.sft import next_token_targets, sft_loss
+
+SFT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "loss_mask", "example_mask")
+
+
+class SFTLearner(Learner):
+  """SFT of `model` on the batches of `loader` (collated in "sft" mode: prompt + answer, loss_mask on the answer)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model, mesh, loader,
+               writer: runtime.MetricWriter | None = None):
+    super().__init__("sft", config, model, mesh, loader, writer)
+    self._update = jax.jit(self._update_fn, static_argnames=("grid",), donate_argnums=(0,))
+
+  @classmethod
+  def from_config(cls, config, model, tokenizer, mesh, records, writer=None) -> "SFTLearner":
+    from geojax.experiment import example_transform
+    sc = config.sft
+    loader = make_loader(records, example_transform(config, tokenizer, "sft"), batch_size=sc.batch_size,
+                         seed=config.seed, shuffle=True, num_epochs=None, worker_count=config.data.workers,
+                         shard_index=0, shard_count=1, name="sft")
+    return cls(config, model, mesh, loader, writer)
+
+  def loss(self, params, batch: dict, grid: tuple):
+    mask = batch["loss_mask"] * batch["example_mask"][:, None]
+    targets, target_mask = next_token_targets(batch["input_ids"], mask)
+    lp = token_logprobs(self.model(params), batch["input_ids"], targets, batch["attention_mask"],
+                        batch["pixel_values"], grid, batch["position_ids"])
+    return sft_loss(lp, targets, target_mask)
+
+  def _update_fn(self, state, batch, grid):
+    n_micro = self.sc.grad_accum
+    loss, metrics, grads = accumulate_grads(functools.partial(self.loss, grid=grid[:len(grid) // n_micro]),
+                                            state["params"], batch, n_micro)
+    return apply_update(self.tx, state, grads, loss, metrics)
+
+  def train_step(self) -> dict[str, float]:
+    batch = next(self.loader)
+    self.state, metrics = self._update(self.state, put_batch(batch, self.mesh, SFT_KEYS),
+                                       grid_tuple(batch["image_grid_thw"]))
+    return host_metrics(metrics)
