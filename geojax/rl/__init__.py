@@ -4,7 +4,8 @@ and DAPO-style dynamic sampling. No model code: the trainer passes log-probabili
 Estimators are registered by name (`ADVANTAGE_ESTIMATORS`, `KL_ESTIMATORS`, `AGGREGATIONS`) so that a config
 string selects them and a new one is one decorated function.
 """
-from geojax.rl.advantages import ADVANTAGE_ESTIMATORS, MULTI_REWARD_KINDS, group_advantages, register_advantage
+from geojax.rl.advantages import (ADVANTAGE_ESTIMATORS, MULTI_REWARD_KINDS, group_advantages, register_advantage,
+                                  reward_advantages)
 from geojax.rl.aggregation import AGGREGATIONS, register_aggregation
 from geojax.rl.dynamic_sampling import group_rows, informative_groups, select_groups
 from geojax.rl.kl import KL_ESTIMATORS, register_kl
@@ -13,5 +14,5 @@ from geojax.rl.loss import grpo_loss
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "KL_ESTIMATORS", "MULTI_REWARD_KINDS", "group_advantages",
     "group_rows", "grpo_loss", "informative_groups", "register_advantage", "register_aggregation", "register_kl",
-    "select_groups",
+    "reward_advantages", "select_groups",
 ]

@@ -6,7 +6,7 @@ estimator is a pure function of the grouped rewards, so it jits and runs the sam
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import jax.numpy as jnp
 
@@ -126,3 +126,26 @@ def group_advantages(rewards: jnp.ndarray, group_size: int, kind: str = "grpo", 
   grouped = rewards.reshape((batch // group_size, group_size) + rewards.shape[1:])
   advantages = ADVANTAGE_ESTIMATORS[kind](grouped, eps=eps, weights=weights)
   return advantages.reshape(batch)
+
+
+def reward_advantages(rewards: jnp.ndarray, per_reward: Mapping[str, jnp.ndarray], weights: Mapping[str, float],
+                      group_size: int, kind: str = "grpo", *, eps: float = DEFAULT_EPS) -> jnp.ndarray:
+  """Advantages of a scored rollout: of its total reward, or for multi-reward kinds of each reward apart.
+
+  Args:
+    rewards: [B] total reward (what single-reward kinds such as "grpo" normalize).
+    per_reward: {name: [B]} each reward as scored (what "multi" normalizes, one column per name).
+    weights: {name: weight}, the config's grpo.rewards; "multi" sums the normalized columns with these weights.
+    group_size, kind, eps: as in `group_advantages`.
+
+  Returns:
+    [B] advantages.
+  """
+  if kind not in MULTI_REWARD_KINDS:
+    return group_advantages(rewards, group_size, kind, eps=eps)
+  names = list(per_reward)
+  missing = [name for name in names if name not in weights]
+  if not names or missing:
+    raise ValueError(f"advantage kind {kind!r} needs a weight for each scored reward {names}; missing {missing}")
+  columns = jnp.stack([jnp.asarray(per_reward[name]) for name in names], axis=1)
+  return group_advantages(columns, group_size, kind, weights=[float(weights[name]) for name in names], eps=eps)

@@ -19,6 +19,8 @@ CONFIG = textwrap.dedent("""
       c.model = ml_collections.ConfigDict({"hidden": 64, "kl": "k3"})
       if variant == "big":
         c.model.hidden = 1024
+      elif variant:
+        raise ValueError(f"unknown variant {variant!r}")
       return c
     """)
 
@@ -52,6 +54,13 @@ def test_bad_override_names_the_key(config_path, override, key):
     cfg.load(config_path, [override])
 
 
+def test_missing_file_or_unknown_variant_is_a_config_error(config_path):
+  with pytest.raises(cfg.ConfigError, match="no such config file"):
+    cfg.load(config_path + "x")
+  with pytest.raises(cfg.ConfigError, match="unknown variant 'huge'"):
+    cfg.load(config_path + ":huge")
+
+
 def test_locked_config_rejects_new_keys(config_path):
   c = cfg.load(config_path)
   with pytest.raises(AttributeError):
@@ -73,6 +82,7 @@ def test_checks_name_the_key(config_path):
     (["--config.model.hiden=8"], False, "hiden"),
     (["--config.model.hidden=eight"], False, "model.hidden"),
     (["--config.model.kl=k9"], False, "model.kl"),
+    (["--print_config", "--config.lr=0.5"], True, "lr = 0.5\n"),
 ])
 def test_command_line(tmp_path, config_path, args, ok, text):
   app = tmp_path / "app.py"
