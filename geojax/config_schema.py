@@ -199,9 +199,6 @@ def format_config(config: ml_collections.ConfigDict) -> str:
 
 # ---- validate ---------------------------------------------------------------------------------------------------
 
-STAGES = ("sft", "grpo")
-LOCATABILITY = "locatability"  # a reward scored by grpo.reward_model, not by a geojax.geo.REWARDS function
-
 
 def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
   """Rejects a bad config before any work with a ConfigError naming the key. Every entry point runs it.
@@ -211,8 +208,10 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
   from geojax.data.chat import ANSWER_FORMATS, PROMPTS
   from geojax.experiment import DTYPES
   from geojax.geo import REWARDS
+  from geojax.learners import LEARNERS, LOCATABILITY  # locatability: scored by grpo.reward_model, not geo.REWARDS
   from geojax.models.presets import PRESETS
   from geojax.rl import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, MULTI_REWARD_KINDS
+  STAGES = tuple(LEARNERS)
   for stage in get(c, "stages"):
     if stage not in STAGES:
       raise ConfigError(f"config key 'stages' holds {stage!r}; expected stages from {list(STAGES)}")

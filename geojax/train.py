@@ -27,8 +27,12 @@ from geojax.geo import format_table
 from geojax.learners import LEARNERS
 
 
-def train(config: ml_collections.ConfigDict) -> dict[str, dict]:
-  """Runs the stages of `config` with evaluations; returns {row label: metrics} (also in workdir/results.*)."""
+def train(config: ml_collections.ConfigDict, rewards=None) -> dict[str, dict]:
+  """Runs the stages of `config` with evaluations; returns {row label: metrics} (also in workdir/results.*).
+
+  rewards: replaces config.grpo's rewards in GRPO (a geojax.learners.RewardFunction, or a plain function
+  (texts, batch, group) -> [B*G] rewards).
+  """
   validate(config)
   mesh = experiment.setup_runtime(config)
   os.makedirs(config.workdir, exist_ok=True)
@@ -58,7 +62,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, dict]:
     if config.eval_before:
       record("untrained" if not config.model.hf_path else "base", model, "start", 0)
     for name in config.stages:
-      learner = LEARNERS[name].from_config(config, model, tokenizer, mesh, train_records, writer=writer)
+      roles = {"rewards": rewards} if name == "grpo" and rewards is not None else {}
+      learner = LEARNERS[name].from_config(config, model, tokenizer, mesh, train_records, writer=writer, **roles)
       learner.restore()
       model = learner.fit(evaluate)
       if config.eval.at_stage_end:

@@ -5,6 +5,7 @@
   load_tokenizer("qwen2" | "tiny" | local HF dir)                                           (tokenizer.py)
   PROMPTS, encode_chat(tokenizer, system, user, image_tokens, assistant)                    (chat.py)
   ExampleTransform(tokenizer, prompt, mode="sft" | "rl", ...), collate(...)                 (batching.py)
+  take_examples, concat_examples, repeat_examples, split_microbatches, put_batch            (batch.py)
   make_loader(source, transform, batch_size, seed, ...) -> Loader with get_state/set_state  (pipeline.py)
   open_source(fmt, metadata, images), ArrayRecordSource(dir, split), write_records(...)     (sources.py, records.py)
   drop_near_hotspots(lat, lon, hot_lat, hot_lon, radius_km)                                 (mining.py)
@@ -21,7 +22,8 @@ _EXPORTS = {
     "PROMPTS": "chat", "Prompt": "chat", "encode_chat": "chat", "encode_chat_parts": "chat",
     "answer_text": "chat", "image_token_count": "chat", "get_prompt": "chat",
     "ExampleTransform": "batching", "collate": "batching", "BadRecord": "batching",
-    "take_examples": "batching", "concat_examples": "batching",
+    "take_examples": "batch", "concat_examples": "batch", "repeat_examples": "batch",
+    "split_microbatches": "batch", "put_batch": "batch", "batch_shape": "batch",
     "make_loader": "pipeline", "Loader": "pipeline",
     "open_source": "sources", "FORMATS": "sources",
     "ArrayRecordSource": "records", "ArrayRecordWriter": "records", "write_records": "records",

@@ -178,33 +178,3 @@ def collate(features: Sequence[Mapping[str, Any]], mode: str, tokenizer, batch_s
       column[:] = [f[key] for f in rows]
       batch[key] = column
   return batch
-
-
-def take_examples(batch: Mapping[str, Any], index: Sequence[int]) -> dict:
-  """The examples `index` of a collated batch, in that order (the batch's image grid and length are kept)."""
-  index = np.asarray(index, np.int64)
-  n = len(batch["example_mask"])
-  out = {}
-  for name, value in batch.items():
-    value = np.asarray(value)
-    if name == "pixel_values":  # [B*P, D]: each example's patches are consecutive rows
-      out[name] = value.reshape(n, -1, value.shape[-1])[index].reshape(-1, value.shape[-1])
-    elif name == "position_ids":  # [3, B, L]
-      out[name] = value[:, index]
-    else:
-      out[name] = value[index]
-  return out
-
-
-def batch_shape(batch: Mapping[str, Any]) -> tuple:
-  """(image grid, padded length) of a collated batch: batches with equal shapes can be joined."""
-  return tuple(int(v) for v in np.asarray(batch["image_grid_thw"])[0]), int(np.asarray(batch["input_ids"]).shape[1])
-
-
-def concat_examples(batches: Sequence[Mapping[str, Any]]) -> dict:
-  """One batch holding the examples of `batches` in order; they must share an image grid and a padded length."""
-  keys = [batch_shape(b) for b in batches]
-  if len(set(keys)) > 1:
-    raise ValueError(f"batches of different shapes (grid, length) cannot be joined: {sorted(set(keys))}")
-  return {name: np.concatenate([np.asarray(b[name]) for b in batches], axis=1 if name == "position_ids" else 0)
-          for name in batches[0]}

@@ -20,7 +20,7 @@ One step, in order (JAX dispatch is asynchronous, so the host works while the de
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ from geojax.learners.optim import accumulate_grads, apply_update
 from geojax.learners.rewards import as_reward, rewards_from_config
 from geojax.learners.rollout import (DynamicSampling, Rollout, RolloutSource, Sampled, completion_logprobs,
                                      rollout_metrics, rollout_sequences)
-from geojax.rl import group_advantages, grpo_loss
+from geojax.rl import grpo_loss, reward_advantages
 from geojax.sampling import Sampler
 
 
@@ -57,13 +57,15 @@ class ReferencePolicy:
 
 
 class GroupAdvantage:
-  """Advantages of the total reward within each prompt's group (`geojax.rl.ADVANTAGE_ESTIMATORS[name]`)."""
+  """Advantages within each prompt's group (`geojax.rl.ADVANTAGE_ESTIMATORS[kind]`): of the total reward, or for
+  "multi" of each reward apart, summed with `weights` (config.grpo.rewards)."""
 
-  def __init__(self, name: str = "grpo"):
-    self.name = name
+  def __init__(self, kind: str = "grpo", weights: Mapping[str, float] | None = None):
+    self.kind, self.weights = kind, dict(weights or {})
 
   def __call__(self, rollout: Rollout, group: int) -> np.ndarray:
-    return np.asarray(group_advantages(jnp.asarray(rollout.rewards), group, self.name), np.float32)
+    return np.asarray(reward_advantages(jnp.asarray(rollout.rewards), rollout.per_reward, self.weights, group,
+                                        self.kind), np.float32)
 
 
 def policy_sampler(model, gc: ml_collections.ConfigDict, tokenizer) -> Callable:
@@ -88,7 +90,7 @@ class GRPOLearner(Learner):
     if reference is True:  # built before any restore: the reference is the model GRPO started from
       reference = ReferencePolicy(self.graphdef, self.state["params"], self.rest, self.group) if gc.beta > 0 else None
     self.reference = reference or None
-    self.advantage = advantage or GroupAdvantage(gc.advantage)
+    self.advantage = advantage or GroupAdvantage(gc.advantage, gc.rewards)
     if gaz is None:
       from geojax.geo import Gazetteer
       gaz = Gazetteer.load()

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from geojax.data.batching import (BadRecord, ExampleTransform, bucket_length, collate, concat_examples,
-                                  take_examples)
+from geojax.data import concat_examples, take_examples
+from geojax.data.batching import BadRecord, ExampleTransform, bucket_length, collate
 from geojax.data.chat import PROMPTS, encode_chat
 from geojax.data.image import preprocess_image
 from geojax.data.mrope import rope_index

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geojax import eval as geval
+from geojax import evaluation, experiment
 from geojax import export, runtime
 from geojax.data.batching import ExampleTransform
 from tests.train.helpers import DEFAULT_CONFIG, ROOT, tiny_config, tiny_overrides
@@ -20,9 +20,9 @@ def stage_dir(tmp_path_factory, builtin_dir):
   """A stage directory as geojax.train writes it, holding a randomly initialized tiny model at step 7."""
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(workdir, builtin_dir)
-  mesh = geval.setup_runtime(config)
-  tokenizer = geval.load_tokenizer_for(config)
-  model = geval.build_model(config, tokenizer, mesh)
+  mesh = experiment.setup_runtime(config)
+  tokenizer = experiment.load_tokenizer_for(config)
+  model = experiment.build_model(config, tokenizer, mesh)
   params = nnx.state(model, nnx.Param)
   params = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(1), x.shape, x.dtype), params)
   path = os.path.join(workdir, "grpo")
@@ -34,11 +34,11 @@ def stage_dir(tmp_path_factory, builtin_dir):
 
 def test_evaluate_writes_predictions_table_and_map(tmp_path, builtin_dir, stage_dir):
   config, _, model, tokenizer = stage_dir
-  records = geval.load_records(config, "test")
+  records = experiment.load_records(config, "test")
   with config.unlocked():
     config.eval.plot = True
   out = str(tmp_path / "eval")
-  result = geval.evaluate(model, tokenizer, records, config, out, "tiny", num_examples=8)
+  result = evaluation.evaluate(model, tokenizer, records, config, out, "tiny", num_examples=8)
   assert result["n"] == 8
   rows = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]
   assert len(rows) == 8
@@ -58,7 +58,7 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path, builtin_dir, s
   config, path, model, tokenizer = stage_dir
   out = export.export(config, path, str(tmp_path / "hf"))
   hf = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()
-  records = geval.load_records(config, "test")[:2]
+  records = experiment.load_records(config, "test")[:2]
   transform = ExampleTransform(tokenizer, prompt="coords", mode="sft", answer="latlon", min_pixels=56 * 56,
                                max_pixels=56 * 56)
   batch = transform.collate([transform(r) for r in records])

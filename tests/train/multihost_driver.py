@@ -24,13 +24,11 @@ from geojax import train  # noqa: E402
 from tests.train.helpers import tiny_config  # noqa: E402
 
 
-def digit_share(texts, batch, group, gc, answer_fmt, gaz, locatability):
-  del batch, group, gc, answer_fmt, gaz, locatability
-  share = np.array([sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts], np.float32)
-  return share, {"digit_share": share}
+def digit_share(texts, batch, group):
+  del batch, group
+  return np.array([sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts], np.float32)
 
 
-train.compute_rewards = digit_share
 extra = {"stages": ("sft", "grpo"), "sft.steps": 2, "grpo.steps": 3, "grpo.batch_size": 2, "grpo.group_size": 4,
          "checkpoint.every": 10}
 if int(num_processes) > 1:
@@ -38,5 +36,5 @@ if int(num_processes) > 1:
                 "runtime.num_processes": int(num_processes), "runtime.process_id": int(process_id)})
 else:
   extra["runtime.distributed"] = "off"
-train.train(tiny_config(workdir, data_dir, **extra))
+train.train(tiny_config(workdir, data_dir, **extra), rewards=digit_share)
 print(f"process {process_id}: devices {jax.device_count()} local {jax.local_device_count()}", flush=True)

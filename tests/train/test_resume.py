@@ -52,17 +52,18 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, builtin_
 
 
 def test_nan_loss_stops_with_a_clear_error_and_the_last_good_checkpoint(tmp_path, builtin_dir, monkeypatch):
-  real_update = train.apply_update
+  from geojax.learners import sft
+  real_update = sft.apply_update
 
   def poisoned(tx, state, grads, loss, metrics):  # the loss of step 3 (state step 2 -> 3) becomes NaN
     return real_update(tx, state, grads, jnp.where(state["step"] >= 2, jnp.nan, loss), metrics)
 
-  monkeypatch.setattr(train, "apply_update", poisoned)
+  monkeypatch.setattr(sft, "apply_update", poisoned)
   workdir = str(tmp_path / "run")
   config = tiny_config(workdir, builtin_dir, stages=("sft",))
   with pytest.raises(runtime.NonFiniteError, match=r"loss is nan at step 3"):
     train.train(config)
-  monkeypatch.setattr(train, "apply_update", real_update)
+  monkeypatch.setattr(sft, "apply_update", real_update)
   checkpoints = runtime.Checkpointer(os.path.join(workdir, "sft", "checkpoints"))
   assert checkpoints.latest_step() == 2
   checkpoints.close()

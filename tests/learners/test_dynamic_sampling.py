@@ -4,7 +4,7 @@ import shutil
 
 import numpy as np
 
-from geojax import train
+from geojax import learners, train
 from tests.train.helpers import losses, tiny_config
 
 GROUP = 4
@@ -27,7 +27,7 @@ def _rollout(example_ids, group_rewards, grid=(1, 4, 4), example_mask=None):
   rewards = np.concatenate([np.asarray(r, np.float32) for r in group_rewards])
   tokens = np.repeat(ids, GROUP)[:, None] * np.ones((1, 3), np.int32)
   texts = [f"t{i}" for i in np.repeat(ids, GROUP)]
-  return train.Rollout(batch, tokens, np.full(b * GROUP, 3, np.int32), texts, rewards, {"exp_distance": rewards})
+  return learners.Rollout(batch, tokens, np.full(b * GROUP, 3, np.int32), texts, rewards, {"exp_distance": rewards})
 
 
 FLAT, VARIED = [0.5] * GROUP, [0.1, 0.9, 0.5, 0.5]
@@ -35,8 +35,8 @@ FLAT, VARIED = [0.5] * GROUP, [0.1, 0.9, 0.5, 0.5]
 
 def test_keeps_informative_groups_in_order_and_aligns_every_field():
   rollouts = [_rollout([10, 11], [FLAT, VARIED]), _rollout([20, 21], [VARIED, FLAT])]
-  assert train._informative_count(rollouts, GROUP) == 2
-  merged, info = train._select_informative(rollouts, GROUP, 2)
+  assert learners.informative_count(rollouts, GROUP) == 2
+  merged, info = learners.select_informative(rollouts, GROUP, 2)
   np.testing.assert_array_equal(merged.batch["lat"], [11, 20])
   np.testing.assert_array_equal(merged.tokens[:, 0], [11] * GROUP + [20] * GROUP)
   np.testing.assert_array_equal(merged.batch["pixel_values"][:, 0], [11] * 16 + [20] * 16)
@@ -51,16 +51,16 @@ def test_keeps_informative_groups_in_order_and_aligns_every_field():
 def test_shortfall_is_filled_and_filler_examples_never_count():
   # Example 31 varies but is a filler row of its batch (example_mask 0): it must not be picked as informative.
   rollouts = [_rollout([30, 31], [FLAT, VARIED], example_mask=[1, 0]), _rollout([40, 41], [VARIED, FLAT])]
-  assert train._informative_count(rollouts, GROUP) == 1
-  merged, info = train._select_informative(rollouts, GROUP, 2)
+  assert learners.informative_count(rollouts, GROUP) == 1
+  merged, info = learners.select_informative(rollouts, GROUP, 2)
   np.testing.assert_array_equal(merged.batch["lat"], [40, 30])  # the informative group first, then a filler group
   assert info["dynamic_sampling/filled_frac"] == 0.5
 
 
 def test_only_batches_of_one_shape_are_joined():
   rollouts = [_rollout([50, 51], [VARIED, FLAT]), _rollout([60, 61], [VARIED, VARIED], grid=(1, 2, 8))]
-  assert train._informative_count(rollouts, GROUP) == 2
-  merged, _ = train._select_informative(rollouts, GROUP, 2)
+  assert learners.informative_count(rollouts, GROUP) == 2
+  merged, _ = learners.select_informative(rollouts, GROUP, 2)
   np.testing.assert_array_equal(merged.batch["lat"], [60, 61])
   np.testing.assert_array_equal(merged.batch["image_grid_thw"], [[1, 2, 8]] * 2)
 

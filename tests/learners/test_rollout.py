@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from geojax import eval as geval
-from geojax import train
+from geojax import experiment
+from geojax import learners
 from geojax.models import grid_tuple
 from geojax.sampling import generate
 from tests.train.helpers import tiny_config
@@ -13,22 +13,22 @@ from tests.train.helpers import tiny_config
 
 def test_training_logprobs_equal_sampling_logprobs(tmp_path, builtin_dir):
   config = tiny_config(str(tmp_path), builtin_dir)
-  mesh = geval.setup_runtime(config)
-  tokenizer = geval.load_tokenizer_for(config)
+  mesh = experiment.setup_runtime(config)
+  tokenizer = experiment.load_tokenizer_for(config)
   with jax.set_mesh(mesh):
-    model = geval.build_model(config, tokenizer, mesh)
-    records = geval.load_records(config, "train")[:3]
-    transform = geval.example_transform(config, tokenizer, "rl")
+    model = experiment.build_model(config, tokenizer, mesh)
+    records = experiment.load_records(config, "train")[:3]
+    transform = experiment.example_transform(config, tokenizer, "rl")
     batch = transform.collate([transform(r) for r in records])
     group = 4
     out = generate(model, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                    batch["image_grid_thw"], position_ids=batch["position_ids"], max_new_tokens=10, temperature=1.0,
                    rng=jax.random.key(3), eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
                    num_samples=group)
-    prompt = {k: jnp.asarray(batch[k]) for k in train.PROMPT_KEYS}
-    seq = train.rollout_sequences(prompt, out.tokens, out.lengths, group)
+    prompt = {k: jnp.asarray(batch[k]) for k in learners.PROMPT_KEYS}
+    seq = learners.rollout_sequences(prompt, out.tokens, out.lengths, group)
     grid = tuple(g for g in grid_tuple(batch["image_grid_thw"]) for _ in range(group))
-    lp = train.completion_logprobs(model, seq, grid, batch["input_ids"].shape[1])
+    lp = learners.completion_logprobs(model, seq, grid, batch["input_ids"].shape[1])
   mask = np.asarray(out.mask) > 0
   assert mask.sum() > 3 * group
   np.testing.assert_allclose(np.asarray(lp)[mask], np.asarray(out.logprobs)[mask], atol=2e-4)
@@ -43,8 +43,8 @@ def test_gradient_accumulation_matches_one_batch():
     y = b["x"] @ p["w"].T + b["position_ids"].sum(axis=(0, 2))[:, None]
     return jnp.mean(y ** 2), {"m": jnp.mean(y)}
 
-  full = train.accumulate_grads(loss_fn, params, batch, 1)
-  split = train.accumulate_grads(loss_fn, params, batch, 4)
+  full = learners.accumulate_grads(loss_fn, params, batch, 1)
+  split = learners.accumulate_grads(loss_fn, params, batch, 4)
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(split)):
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
@@ -54,16 +54,16 @@ def test_schedule_warmup_then_cosine():
   sc = config.sft
   with config.unlocked():
     sc.steps, sc.lr, sc.warmup_steps, sc.warmup_ratio, sc.schedule, sc.min_lr_ratio = 100, 1.0, 10, 0.0, "cosine", 0.1
-  schedule = train.learning_rate_schedule(sc)
+  schedule = learners.learning_rate_schedule(sc)
   assert abs(float(schedule(0)) - 0.1) < 1e-6
   assert abs(float(schedule(10)) - 1.0) < 1e-6
   assert abs(float(schedule(100)) - 0.1) < 1e-6
   assert float(schedule(55)) < 1.0
   with config.unlocked():
     sc.warmup_ratio = 0.2
-  assert abs(float(train.learning_rate_schedule(sc)(20)) - 1.0) < 1e-6
+  assert abs(float(learners.learning_rate_schedule(sc)(20)) - 1.0) < 1e-6
   # frozen parameters (mask False) never move
-  tx = train.make_optimizer(sc, {"a": True, "b": False})
+  tx = learners.make_optimizer(sc, {"a": True, "b": False})
   params = {"a": jnp.ones(2), "b": jnp.ones(2)}
   updates, _ = tx.update({"a": jnp.ones(2), "b": jnp.ones(2)}, tx.init(params), params)
   new = optax.apply_updates(params, updates)
@@ -76,15 +76,18 @@ def test_locatability_reward_model_scores_probabilities(tmp_path, builtin_dir):
   from geojax.data.tokenizer import TINY_TOKENIZER_PATH
   from geojax.models import save_hf
   config = tiny_config(str(tmp_path / "run"), builtin_dir)
-  mesh = geval.setup_runtime(config)
-  tokenizer = geval.load_tokenizer_for(config)
+  mesh = experiment.setup_runtime(config)
+  tokenizer = experiment.load_tokenizer_for(config)
   with jax.set_mesh(mesh):
     reward_dir = str(tmp_path / "reward_model")
-    save_hf(geval.build_model(config, tokenizer, mesh), reward_dir)
+    save_hf(experiment.build_model(config, tokenizer, mesh), reward_dir)
     shutil.copy(TINY_TOKENIZER_PATH, f"{reward_dir}/tokenizer.json")
-    reward_model = train.RewardModel(reward_dir, config, mesh)
-    records = geval.load_records(config, "train")[:3]
-    transform = geval.example_transform(config, tokenizer, "rl")
+    reward_model = learners.LocatabilityReward(reward_dir, weight=0.5, mesh=mesh)
+    records = experiment.load_records(config, "train")[:3]
+    transform = experiment.example_transform(config, tokenizer, "rl")
     batch = transform.collate([transform(r) for r in records])
-    scores = reward_model(batch)
-  assert scores.shape == (3,) and np.all((scores > 0) & (scores < 1))
+    total, per = reward_model(["", ""] * 3, batch, group=2)
+  scores = per[learners.LOCATABILITY]
+  assert scores.shape == (6,) and np.all((scores > 0) & (scores < 1))
+  np.testing.assert_array_equal(scores[0::2], scores[1::2])  # one score per prompt, repeated over its group
+  np.testing.assert_allclose(total, 0.5 * scores)
