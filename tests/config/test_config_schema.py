@@ -21,7 +21,7 @@ def load(spec, overrides=()):
     ("default.py", {"workdir": "runs/default", "data.n_train": 8000, "sft.steps": 1000, "grpo.group_size": 8,
                     "grpo.lr": 1e-4, "runtime.mesh.data": -1, "grpo.rewards": {"exp_distance": 1.0},
                     "grpo.reward_params": {"exp_distance": {"tau_km": 750.0}}}),
-    ("default.py:ci", {"workdir": "runs/default_ci", "data.n_train": 256, "sft.steps": 20, "grpo.group_size": 4,
+    ("default.py:ci", {"workdir": "runs/default_ci", "data.n_train": 256, "sft.steps": 150, "grpo.group_size": 4,
                        "eval.batch_size": 32, "checkpoint.every": 10}),
     ("geo_r.py", {"model.preset": "qwen2.5-vl-7b", "data.source": "arrayrecord", "data.max_pixels": 28 * 28 * 1280,
                   "sft.steps": 7813, "sft.warmup_ratio": 0.03, "grpo.steps": 12500, "grpo.temperature": 0.9,

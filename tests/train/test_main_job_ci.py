@@ -20,6 +20,7 @@ def test_ci_variant_of_the_main_job(tmp_path):
   results = json.load(open(os.path.join(workdir, "results.json")))
   assert list(results) == ["untrained", "after SFT", "after GRPO"]
   assert all(r["n"] == 32 for r in results.values())
+  assert results["after SFT"]["median_km"] < results["untrained"]["median_km"]  # the SFT row shows learning
   for stage in ("start", "sft", "grpo"):
     assert os.path.exists(os.path.join(workdir, f"eval_{stage}", "predictions.jsonl"))
   assert os.path.exists(os.path.join(workdir, "eval_grpo", "map.png"))
