@@ -21,7 +21,7 @@ from absl import flags, logging
 
 from geojax import config as gconfig
 from geojax import eval as geval
-from geojax.models import save_hf
+from geojax.models import save_hf, save_hf_processor
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.json",
                     "preprocessor_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -38,6 +38,8 @@ def export(config: ml_collections.ConfigDict, checkpoint: str, out: str, step: i
     if jax.process_index() == 0:
       save_hf(model, out, dtype=None if not dtype else np.dtype(dtype) if dtype != "bfloat16" else _bf16())
       copy_tokenizer(config, out)
+      save_hf_processor(out, tokenizer, model.config, min_pixels=config.data.min_pixels,
+                        max_pixels=config.data.max_pixels)
   return out
 
 

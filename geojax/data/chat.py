@@ -8,6 +8,9 @@ image-pad expansion produce:
 
 Text pieces are tokenized separately around the special tokens, which gives the same ids as tokenizing the
 whole string (special tokens always split the text), without tokenizing thousands of pad strings.
+
+`CHAT_TEMPLATE` is that format as Jinja: the template Qwen2-VL-Instruct and Qwen2.5-VL-Instruct ship, which
+exported models carry so that transformers' processors build the prompts geojax trained on.
 """
 from __future__ import annotations
 
@@ -15,6 +18,22 @@ import dataclasses
 from typing import Any, Mapping
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
+
+# Qwen2-VL-Instruct's chat template (its chat_template.json), verbatim: it renders one image and a text as
+# `chat_text` does, and keeps the published template's videos and vision ids for other uses of an exported model.
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,8 @@
 package (the same 151,643 tokens) plus the Qwen2-VL / Qwen2.5-VL special tokens, with Qwen2's pre-tokenizer
 regex and NFC normalization; the result is cached as a `tokenizer.json`. `load_tokenizer("tiny")` reads
 geojax/assets/tiny_tokenizer.json (regenerate with `python -m geojax.data.tiny_tokenizer`). Any other argument
-is a local directory holding a Hugging Face `tokenizer.json`.
+is a local directory holding a Hugging Face `tokenizer.json`. `Tokenizer.save_pretrained(dir)` writes any of them
+in the form transformers' `AutoTokenizer` loads (for exported models).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import base64
 import functools
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +34,9 @@ QWEN_SPECIAL_TOKENS = (
 )
 QWEN_SPECIAL_START = 151643
 TINY_TOKENIZER_PATH = Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer.json"
+# The files of a Hugging Face tokenizer directory (chat templates are not the tokenizer's: exports write their own).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                      "added_tokens.json")
 
 
 def _cache_dir() -> Path:
@@ -112,14 +117,16 @@ class Tokenizer:
   """A `tokenizers.Tokenizer` with the ids the data pipeline needs; picklable (for Grain worker processes).
 
   `encode` adds nothing (no BOS/EOS) and recognizes special-token strings in the text, like Qwen's tokenizers.
+  `source_dir` is the Hugging Face directory it was read from, if any (`save_pretrained` copies its files).
   """
 
   def __init__(self, backend: tokenizers.Tokenizer, name: str = "", pad_token: str = "<|endoftext|>",
-               eos_token: str = "<|im_end|>"):
+               eos_token: str = "<|im_end|>", source_dir: str | None = None):
     self.backend = backend
     self.name = name
     self.pad_token = pad_token
     self.eos_token = eos_token
+    self.source_dir = source_dir
     self._set_ids()
 
   def _set_ids(self) -> None:
@@ -157,13 +164,38 @@ class Tokenizer:
   def token_to_id(self, token: str) -> int | None:
     return self.backend.token_to_id(token)
 
+  def save_pretrained(self, directory: str | Path) -> None:
+    """Writes the files transformers' `AutoTokenizer` loads into `directory`.
+
+    A tokenizer read from a Hugging Face directory copies that directory's tokenizer files, so nothing of the
+    original is lost. The others write tokenizer.json and a `Qwen2Tokenizer` tokenizer_config.json with this
+    tokenizer's EOS and pad tokens (the class Qwen-VL checkpoints name; it rebuilds the same BPE, pre-tokenizer
+    and normalizer from the file).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if self.source_dir:
+      for name in HF_TOKENIZER_FILES:
+        source = Path(self.source_dir) / name
+        if source.exists() and source.resolve() != (directory / name).resolve():
+          shutil.copy(source, directory / name)
+      return
+    self.backend.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "Qwen2Tokenizer", "eos_token": self.eos_token, "pad_token": self.pad_token,
+              "bos_token": None, "unk_token": None, "model_max_length": 32768, "errors": "replace",
+              "add_prefix_space": False, "split_special_tokens": False, "clean_up_tokenization_spaces": False}
+    with open(directory / "tokenizer_config.json", "w") as f:
+      json.dump(config, f, indent=2)
+      f.write("\n")
+
   def __getstate__(self) -> dict:
     return {"json": self.backend.to_str(), "name": self.name, "pad_token": self.pad_token,
-            "eos_token": self.eos_token}
+            "eos_token": self.eos_token, "source_dir": self.source_dir}
 
   def __setstate__(self, state: dict) -> None:
     self.backend = tokenizers.Tokenizer.from_str(state["json"])
     self.name, self.pad_token, self.eos_token = state["name"], state["pad_token"], state["eos_token"]
+    self.source_dir = state.get("source_dir")
     self._set_ids()
 
   def __repr__(self) -> str:
@@ -204,7 +236,7 @@ def _from_hf_dir(path: Path) -> Tokenizer:
     value = config.get(key) or default
     return value["content"] if isinstance(value, dict) else value
   return Tokenizer(backend, name=str(path), pad_token=token_of("pad_token", "<|endoftext|>"),
-                   eos_token=token_of("eos_token", "<|im_end|>"))
+                   eos_token=token_of("eos_token", "<|im_end|>"), source_dir=str(path))
 
 
 def load_tokenizer(path_or_name: str) -> Tokenizer:

@@ -9,13 +9,15 @@
     logits_last, cache = model.prefill(input_ids, attention_mask, position_ids, pixel_values, image_grid_thw, cache)
     logits, cache = model.decode_step(tokens, positions_or_None, cache)
     save_hf(model, "/out/dir")
+    save_hf_processor("/out/dir", tokenizer, model.config, min_pixels=..., max_pixels=...)  # AutoProcessor's files
 
 image_grid_thw is a host value (static under jit: pass `grid_tuple(grids)`); position_ids come from
 `geojax.data.rope_index` on the host. Details: qwen_vl.py (calling convention, cache, decode positions),
-logprobs.py, hf_io.py, sharding.py (rules table), memory.py (per-chip memory plan), presets.py.
+logprobs.py, hf_io.py, hf_processor.py, sharding.py (rules table), memory.py (per-chip memory plan), presets.py.
 """
 from geojax.models.config import QwenVLConfig, TextConfig, VisionConfig
 from geojax.models.hf_io import hf_state_dict, load_hf, save_hf
+from geojax.models.hf_processor import save_hf_processor
 from geojax.models.logprobs import chunked_logprobs, token_logprobs
 from geojax.models.memory import count_params, memory_plan
 from geojax.models.presets import PRESETS, PUBLISHED_PARAMS_B, tiny_config
@@ -24,7 +26,7 @@ from geojax.models.sharding import DEFAULT_RULES, logical_to_spec, make_mesh, pa
 from geojax.models.vision import grid_tuple
 
 __all__ = [
-    "QwenVL", "QwenVLConfig", "TextConfig", "VisionConfig", "load_hf", "save_hf", "hf_state_dict",
+    "QwenVL", "QwenVLConfig", "TextConfig", "VisionConfig", "load_hf", "save_hf", "save_hf_processor", "hf_state_dict",
     "DEFAULT_RULES", "logical_to_spec", "make_mesh", "param_shardings", "shard", "shard_model", "grid_tuple",
     "token_logprobs", "chunked_logprobs", "PRESETS", "PUBLISHED_PARAMS_B", "tiny_config", "count_params",
     "memory_plan",
