@@ -42,6 +42,8 @@ EXTRAS = {
         "tensorflow-datasets==4.9.10",
         "importlib_resources>=6",
     ],
+    # `tensorboard --logdir runs/` to read the event files training writes (tensorboardX, in the core, writes them)
+    "viz": ["tensorboard==2.21.0"],
     "tpu": ["jax[tpu]==0.10.2"],
     "cuda": ["jax[cuda12]==0.10.2"],
 }
