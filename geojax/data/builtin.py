@@ -11,15 +11,21 @@ of CONTRACTS:
   {"id": str, "image": PNG bytes, "lat": float, "lon": float, "country": str, "admin1": str, "city": str,
    "label": str, "clues": list[str], "reasoning": str, "locatable": bool}
 Train and test are disjoint by place: no test coordinate shares a HOLDOUT_CELL_DEG cell with a train coordinate.
+
+A build reports on stderr what it is doing: a line per phase, then a tile count (a tqdm bar on a terminal, a plain
+line every PROGRESS_EVERY_S otherwise), and the seconds each phase took (also kept in the manifest). On a fresh
+machine the gazetteer and the world rasters are built once and cached; after that, rendering the tiles dominates.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
 import struct
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -37,6 +43,7 @@ JITTER_KM = 20.0  # std of the offset of a land sample from its GeoNames city, p
 MIN_SEA_KM = 350.0  # open-sea samples are at least this far from land (and their tiles hold no land)
 SHARD_SIZE = 2000
 RENDER_CHUNK = 128  # tiles rendered per vectorized call (bounds memory: ~128 x 112 x 112 x 3 float32)
+PROGRESS_EVERY_S = 10.0  # tile-count lines on a redirected stderr, where a bar would be a stream of carriage returns
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -119,14 +126,63 @@ def _read_manifest(data_dir: Path) -> dict | None:
     return None
 
 
-def _context():
+class _Report:
+  """The build's console output: phase lines with their times, and a tile count that follows the rule of
+  geojax.runtime.progress (a tqdm bar only when stderr is a terminal; plain lines otherwise)."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+
+  def say(self, message: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(f"built-in dataset: {message}", file=sys.stderr)
+
+  @contextlib.contextmanager
+  def phase(self, name: str, message: str):
+    self.say(message)
+    start = time.time()
+    yield
+    self.seconds[name] = round(self.seconds.get(name, 0.0) + time.time() - start, 2)
+
+  def summary(self) -> str:
+    return ", ".join(f"{name} {s:.1f} s" for name, s in self.seconds.items())
+
+
+class _TileCount:
+  """Tiles rendered so far: a bar on a terminal, else a line at most every PROGRESS_EVERY_S and one at the end."""
+
+  def __init__(self, desc: str, total: int):
+    from tqdm import tqdm
+    self.desc, self.total, self.done = desc, total, 0
+    self.start = self.last = time.time()
+    self.bar = tqdm(total=total, desc=f"built-in dataset: {desc}", unit="tile", file=sys.stderr, dynamic_ncols=True,
+                    disable=not sys.stderr.isatty(), mininterval=1.0)
+
+  def update(self, n: int) -> None:
+    self.done += n
+    self.bar.update(n)
+    now = time.time()
+    if self.bar.disable and (now - self.last >= PROGRESS_EVERY_S or self.done == self.total):
+      self.last = now
+      rate = self.done / max(now - self.start, 1e-9)
+      print(f"built-in dataset: {self.desc} {self.done}/{self.total} ({rate:.0f} tiles/s)", file=sys.stderr,
+            flush=True)
+
+  def close(self) -> None:
+    self.bar.close()
+
+
+def _context(report: _Report):
   """The gazetteer (labels), world rasters and the city table they share."""
-  from geojax.geo import Gazetteer
-  gaz = Gazetteer.load()
+  with report.phase("gazetteer", "loading the GeoNames gazetteer (parsed on first use, then cached)"):
+    from geojax.geo import Gazetteer  # imports JAX: part of this phase's time
+    gaz = Gazetteer.load()
   cities = render.CityTable(lat=np.asarray(gaz.lat, np.float64), lon=np.asarray(gaz.lon, np.float64),
                             name=gaz.name, admin1=gaz.admin1, country_code=gaz.country_code,
                             prominence=gaz.prominence)
-  return gaz, cities, render.world_rasters(cities)
+  with report.phase("rasters", "loading the world rasters (land, countries, coasts: built on first use, then cached)"):
+    rasters = render.world_rasters(cities)
+  return gaz, cities, rasters
 
 
 def _cells(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -268,34 +324,46 @@ def build(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 4000, n_t
   if manifest is None and out_dir.is_dir() and any(out_dir.iterdir()):
     raise FileExistsError(f"{out_dir} holds files that are not a built-in dataset; not overwriting")
   start = time.time()
-  gaz, cities, rasters = _context()
-  renderer = render.TileRenderer(rasters, cities, image_size=image_size)
-  seeds = np.random.SeedSequence([FORMAT_VERSION, seed]).spawn(2)  # test coordinates, train coordinates
-  test = _sample_split(np.random.default_rng(seeds[0]), n_test, sea_fraction, cities, renderer, banned=set())
-  banned = set(_cells(test[0], test[1]).tolist())
-  train = _sample_split(np.random.default_rng(seeds[1]), n_train, sea_fraction, cities, renderer, banned)
+  report = _Report()
+  report.say(f"building {n_train} train + {n_test} test tiles of {image_size} px into {out_dir}")
+  gaz, cities, rasters = _context(report)
+  with report.phase("sampling", "sampling coordinates near GeoNames cities and at sea"):
+    renderer = render.TileRenderer(rasters, cities, image_size=image_size)
+    seeds = np.random.SeedSequence([FORMAT_VERSION, seed]).spawn(2)  # test coordinates, train coordinates
+    test = _sample_split(np.random.default_rng(seeds[0]), n_test, sea_fraction, cities, renderer, banned=set())
+    banned = set(_cells(test[0], test[1]).tolist())
+    train = _sample_split(np.random.default_rng(seeds[1]), n_train, sea_fraction, cities, renderer, banned)
 
   tmp_dir = out_dir.parent / f".{out_dir.name}.tmp{os.getpid()}"
   shutil.rmtree(tmp_dir, ignore_errors=True)
   tmp_dir.mkdir(parents=True)
   shards, counts = {}, {}
   for split, (lat, lon, locatable) in (("train", train), ("test", test)):
-    rows = gaz.nearest_np(lat, lon)
-    examples = []
-    for c0 in range(0, len(lat), RENDER_CHUNK):
-      images, stats = renderer(lat[c0:c0 + RENDER_CHUNK], lon[c0:c0 + RENDER_CHUNK])
-      for b in range(len(images)):
-        i = c0 + b
-        examples.append(_example(split, i, images[b], lat[i], lon[i], int(rows[i]), bool(locatable[i]), stats, b,
-                                 renderer, gaz))
+    # Rendering includes the PNG encoding and the labels of each tile.
+    with report.phase(f"rendering {split}", f"rendering {len(lat)} {split} tiles (map, PNG, labels)"):
+      rows = gaz.nearest_np(lat, lon)
+      examples = []
+      count = _TileCount(f"rendering {split} tiles", len(lat))
+      for c0 in range(0, len(lat), RENDER_CHUNK):
+        images, stats = renderer(lat[c0:c0 + RENDER_CHUNK], lon[c0:c0 + RENDER_CHUNK])
+        for b in range(len(images)):
+          i = c0 + b
+          examples.append(_example(split, i, images[b], lat[i], lon[i], int(rows[i]), bool(locatable[i]), stats, b,
+                                   renderer, gaz))
+        count.update(len(images))
+      count.close()
     # records' writer deals examples round-robin over the shards; their order is fixed, so bytes are too.
-    with records.ArrayRecordWriter(str(tmp_dir), split, num_shards=max(1, -(-len(examples) // SHARD_SIZE))) as w:
-      for example in examples:
-        w.write(example)
+    num_shards = max(1, -(-len(examples) // SHARD_SIZE))
+    with report.phase(f"writing {split}", f"writing {len(examples)} {split} records to {num_shards} shard(s)"):
+      with records.ArrayRecordWriter(str(tmp_dir), split, num_shards=num_shards) as w:
+        for example in examples:
+          w.write(example)
     shards[split] = [Path(p).name for p in w.paths]
     counts[split] = {"n": len(examples), "n_locatable": int(locatable.sum())}
   new_manifest = {"params": params, "shards": shards, "counts": counts, "build_seconds": round(time.time() - start, 2),
-              "record_fields": list(records.RECORD_FIELDS), "serialization": "geojax.data.records", "image_format": "PNG"}
+                  "phase_seconds": report.seconds, "record_fields": list(records.RECORD_FIELDS),
+                  "serialization": "geojax.data.records", "image_format": "PNG"}
+  report.say(f"done in {new_manifest['build_seconds']:.1f} s ({report.summary()})")
   with open(tmp_dir / "manifest.json", "w") as f:
     json.dump(new_manifest, f, indent=1)
   # Swap the finished directory in; if a concurrent builder of the same parameters won the race, keep theirs.

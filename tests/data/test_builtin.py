@@ -1,6 +1,8 @@
 """The built-in dataset: determinism, disjoint splits, labels from geojax.geo, sea share, image sizes, and that
 the images carry location (a 1-nearest-neighbour classifier on pooled pixels beats chance by far)."""
+import io
 import json
+import sys
 import warnings
 
 import numpy as np
@@ -169,3 +171,36 @@ def test_bad_records_are_skipped_with_a_warning(tmp_path):
   with pytest.warns(UserWarning, match="skipped 2"):
     out = list(builtin.read_records(path))
   assert [r["id"] for r in out] == ["a"]
+
+
+class _Stderr(io.StringIO):
+  def __init__(self, tty: bool):
+    super().__init__()
+    self.tty = tty
+
+  def isatty(self) -> bool:
+    return self.tty
+
+
+def test_build_says_what_it_does_and_how_long_each_phase_took(tmp_path, monkeypatch):
+  """Redirected stderr: phase lines and plain tile counts, no bar; a terminal gets the bar instead of the counts."""
+  monkeypatch.setattr(builtin, "PROGRESS_EVERY_S", 0.0)  # a count line per rendered chunk
+  monkeypatch.setattr(builtin, "RENDER_CHUNK", 8)
+  monkeypatch.setattr(sys, "stderr", _Stderr(tty=False))
+  builtin.build(tmp_path / "log", seed=0, n_train=20, n_test=8, image_size=56)
+  err = sys.stderr.getvalue()
+  for line in ("loading the GeoNames gazetteer", "loading the world rasters", "sampling coordinates",
+               "rendering 20 train tiles", "rendering train tiles 8/20", "rendering train tiles 20/20",
+               "writing 20 train records", "rendering test tiles 8/8", "writing 8 test records", "done in"):
+    assert line in err, (line, err)
+  assert "\r" not in err
+  phases = json.loads((tmp_path / "log" / "manifest.json").read_text())["phase_seconds"]
+  assert list(phases) == ["gazetteer", "rasters", "sampling", "rendering train", "writing train", "rendering test",
+                          "writing test"]
+  builtin.build(tmp_path / "log", seed=0, n_train=20, n_test=8, image_size=56)
+  assert sys.stderr.getvalue() == err  # already built: silent
+
+  monkeypatch.setattr(sys, "stderr", _Stderr(tty=True))
+  builtin.build(tmp_path / "tty", seed=0, n_train=20, n_test=8, image_size=56)
+  err = sys.stderr.getvalue()
+  assert "\r" in err and "rendering train tiles: 100%" in err and "rendering train tiles 8/20" not in err
