@@ -1,6 +1,4 @@
 """Streaming metrics against a one-shot numpy computation, and the table."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -59,14 +57,3 @@ def test_format_table():
   assert lines[0].startswith("| | n | 1 km | 25 km")
   assert "| ours | 1 | 0.00% | 100.00% |" in lines[2]
   assert lines[3].startswith("| empty | - |")
-
-
-def test_cli():
-  out = subprocess.run([sys.executable, "-m", "geojax.geo", "48.8566", "2.3522"], capture_output=True, text=True,
-                       timeout=120)
-  assert out.returncode == 0, out.stderr
-  assert out.stdout.splitlines() == [
-    "Country: France / State: Ile-de-France / City: Paris / Coordinates: (48.856600, 2.352200)",
-    "Continent: Europe"]
-  bad = subprocess.run([sys.executable, "-m", "geojax.geo", "95", "0"], capture_output=True, text=True, timeout=120)
-  assert bad.returncode == 2 and "out of range" in bad.stderr
