@@ -8,6 +8,7 @@
     cache = model.init_cache(batch, max_len, dtype)
     logits_last, cache = model.prefill(input_ids, attention_mask, position_ids, pixel_values, image_grid_thw, cache)
     logits, cache = model.decode_step(tokens, positions_or_None, cache)
+    logits, cache = model.decode_one(tokens, model.decode_cache(cache, max_len, repeats=G))  # the sampler's step
     save_hf(model, "/out/dir")
     save_hf_processor("/out/dir", tokenizer, model.config, min_pixels=..., max_pixels=...)  # AutoProcessor's files
 

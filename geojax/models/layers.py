@@ -127,3 +127,16 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("...kgqs,...skd->...qkgd", probs, v)
   return out.reshape(*lead, lq, heads, dim)
+
+
+def one_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array) -> jax.Array:
+  """`masked_attention` for one query per row over a decode-layout cache: q [B, KV, G, D], k [B, KV, D, T],
+  v [B, KV, T, D], valid [B, T]. Returns [B, KV, G, D] in q's dtype.
+
+  Keys are stored with T last so the query-key dot reads T contiguously and neither dot transposes the cache
+  (XLA:CPU ran the [B, T, KV, D] batched dot ~3x slower)."""
+  scores = jnp.einsum("bkgd,bkdt->bkgt", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+  scores = scores * (q.shape[-1] ** -0.5)
+  scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  return jnp.einsum("bkgt,bktd->bkgd", probs, v.astype(q.dtype))

@@ -1,4 +1,10 @@
-"""The Qwen2 language decoder with multimodal rotary positions (M-RoPE) and a static-shape KV cache."""
+"""The Qwen2 language decoder with multimodal rotary positions (M-RoPE) and a static-shape KV cache.
+
+Each layer has two paths over the same parameters: `__call__` for a sequence (training, scoring, prefill, the general
+cached pass; cache [B, T, KV, hd]) and `decode` for one token per row over the sampler's decode-layout cache
+(K [B, KV, hd, T], V [B, KV, T, hd]), which is cheaper per step on CPU, where a small model's step is a chain of
+tiny kernels: neither attention dot transposes the cache and the rotary angles come from one position per row.
+"""
 from __future__ import annotations
 
 import jax
@@ -7,8 +13,13 @@ import numpy as np
 from flax import nnx
 
 from geojax.models.config import TextConfig
-from geojax.models.layers import Dense, Embed, RMSNorm, apply_rotary, inverse_frequencies, masked_attention
+from geojax.models.layers import (Dense, Embed, RMSNorm, apply_rotary, inverse_frequencies, masked_attention,
+                                  one_query_attention)
 from geojax.models.sharding import shard
+
+CACHE_AXES = ("batch", "cache_length", "kv_heads", "head_dim")  # the sequence path's cache
+K_AXES = ("batch", "kv_heads", "head_dim", "cache_length")  # the decode layout
+V_AXES = ("batch", "kv_heads", "cache_length", "head_dim")
 
 REMAT = {
     "full": None,  # jax.checkpoint's default: save nothing, recompute the whole block
@@ -24,6 +35,15 @@ def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax
   axis_of_band = np.asarray(sum(([i % 3] * s for i, s in enumerate(cfg.mrope_section)), []))
   pos = jnp.asarray(positions, jnp.float32)[axis_of_band]  # [head_dim/2, B, L]
   angles = jnp.moveaxis(pos, 0, -1) * inv_freq
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def rope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
+  """cos/sin [B, head_dim] float32 of one position per row: M-RoPE with equal t/h/w positions (every generated
+  token) is plain RoPE."""
+  inv_freq = jnp.asarray(inverse_frequencies(cfg.head_dim, cfg.rope_theta))
+  angles = positions.astype(jnp.float32)[:, None] * inv_freq
   angles = jnp.concatenate([angles, angles], axis=-1)
   return jnp.cos(angles), jnp.sin(angles)
 
@@ -47,9 +67,25 @@ class Attention(nnx.Module):
       ck, cv = cache_kv
       k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
       v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
-      k, v = shard(k, ("batch", "cache_length", "kv_heads", "head_dim")), shard(v, ("batch", "cache_length", "kv_heads", "head_dim"))
+      k, v = shard(k, CACHE_AXES), shard(v, CACHE_AXES)
     out = masked_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
     return self.o_proj(out), (k, v)
+
+  def decode(self, x, cos, sin, k_cache, v_cache, valid, index):
+    """One token per row: x [B, D], cos/sin [B, hd]; writes its key/value at slot `index` of the decode-layout
+    cache (K [B, KV, hd, T], V [B, KV, T, hd]) and attends over the slots `valid` [B, T] marks (the new one
+    included). Returns (out [B, D], (k_cache, v_cache))."""
+    batch = x.shape[0]
+    kv_heads, head_dim = self.k_proj.out_shape
+    q = self.q_proj(x).reshape(batch, kv_heads, -1, head_dim)  # head = kv_head * groups + g
+    q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(self.k_proj(x), cos, sin)
+    v = self.v_proj(x)
+    k_cache = shard(jax.lax.dynamic_update_slice(k_cache, k[..., None].astype(k_cache.dtype), (0, 0, 0, index)),
+                    K_AXES)
+    v_cache = shard(jax.lax.dynamic_update_slice(v_cache, v[:, :, None].astype(v_cache.dtype), (0, 0, index, 0)),
+                    V_AXES)
+    out = one_query_attention(q, k_cache, v_cache, valid)
+    return self.o_proj(out.reshape(batch, -1, head_dim)), (k_cache, v_cache)
 
 
 class MLP(nnx.Module):
@@ -78,6 +114,13 @@ class DecoderLayer(nnx.Module):
     x = x + attn
     x = x + self.mlp(self.post_attention_layernorm(x))
     return shard(x, ("batch", "length", "act_embed")), kv
+
+  def decode(self, x, cos, sin, k_cache, v_cache, valid, index):
+    """The same layer for one token per row x [B, D] over the decode-layout cache (see `Attention.decode`)."""
+    attn, kv = self.self_attn.decode(self.input_layernorm(x), cos, sin, k_cache, v_cache, valid, index)
+    x = x + attn
+    x = x + self.mlp(self.post_attention_layernorm(x)[:, None])[:, 0]  # the MLP takes [B, L, D]
+    return shard(x, ("batch", "act_embed")), kv
 
 
 def _run_layer(layer, x, cos, sin, mask):
@@ -119,6 +162,23 @@ class TextDecoder(nnx.Module):
       new_k.append(k)
       new_v.append(v)
     return self.norm(x), tuple(new_k), tuple(new_v)
+
+  def decode(self, tokens, positions, cache_k, cache_v, valid, index, head=None):
+    """Logits float32 [B, V] of the token after `tokens` [B] at rotary `positions` [B], writing slot `index` of
+    the decode-layout caches; returns (logits, ks, vs). `head` [D, V], if given, replaces the output matrix."""
+    cos, sin = rope_cos_sin(positions, self.cfg)
+    x = shard(self.embed_tokens(tokens), ("batch", "act_embed"))
+    new_k, new_v = [], []
+    for layer, ck, cv in zip(self.layers, cache_k, cache_v):
+      x, (k, v) = layer.decode(x, cos, sin, ck, cv, valid, index)
+      new_k.append(k)
+      new_v.append(v)
+    hidden = self.norm(x)
+    if head is None:
+      logits = self.logits(hidden)
+    else:
+      logits = jnp.dot(hidden.astype(self.dtype), head.astype(self.dtype), preferred_element_type=jnp.float32)
+    return logits, tuple(new_k), tuple(new_v)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """float32 logits [..., V] of final hidden states."""
