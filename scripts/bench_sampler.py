@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from geojax.models import load_hf  # noqa: E402
 from geojax.sampling import generate  # noqa: E402
-from tests.sampling import hf_models  # noqa: E402
+from geojax.models import testing  # noqa: E402
 
 SIZES = {
     # ~2M parameters: the size of the unit-test models, where per-step overhead dominates.
@@ -84,12 +84,12 @@ def _pick_torch_threads(run_hf, choice: str) -> int:
 
 def bench_size(name: str, modes: list[str], batch: int, new_tokens: int, reps: int, grid: tuple[int, int],
                torch_threads: str = "best") -> list:
-  config = hf_models.hf_config("qwen2_5_vl", **SIZES[name])
+  config = testing.hf_config("qwen2_5_vl", **SIZES[name])
   with tempfile.TemporaryDirectory() as path:
-    hf = hf_models.build_hf_model(config, path)
+    hf = testing.build_hf_model(config, path)
     ours = load_hf(path)
   n_params = sum(p.numel() for p in hf.parameters())
-  prompts = hf_models.make_prompts(config, batch, grid_hw=grid, seed=0)
+  prompts = testing.make_prompts(config, batch, grid_hw=grid, seed=0)
   eos = config.text_config.eos_token_id
   torch_inputs = prompts.torch_inputs(config.image_token_id)
   rows = []
@@ -187,11 +187,11 @@ def matmul_floor(model, batch: int, cache_len: int, steps: int, reps: int = 5) -
 
 def bench_tiling(name: str, prompts_n: int, group: int, new_tokens: int, reps: int, grid: tuple[int, int]) -> None:
   """geojax alone: G samples per prompt by tiling the prefilled KV cache vs tiling the prompts before prefill."""
-  config = hf_models.hf_config("qwen2_5_vl", **SIZES[name])
+  config = testing.hf_config("qwen2_5_vl", **SIZES[name])
   with tempfile.TemporaryDirectory() as path:
-    hf_models.build_hf_model(config, path)
+    testing.build_hf_model(config, path)
     ours = load_hf(path)
-  prompts = hf_models.make_prompts(config, prompts_n, grid_hw=grid, seed=0)
+  prompts = testing.make_prompts(config, prompts_n, grid_hw=grid, seed=0)
   for tile in ("cache", "prompt"):
     def run(seed):
       result = generate(ours, prompts.input_ids, prompts.attention_mask, prompts.pixel_values, prompts.image_grid_thw,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from geojax.sampling import compiled_signatures, generate
-from tests.sampling import hf_models
+from geojax.models import testing
 
 
 def _ours(model, prompts, steps, **kwargs):
@@ -27,9 +27,9 @@ def _hf_greedy(hf, prompts, steps, eos):
 @pytest.mark.parametrize("version,tied", [("qwen2_5_vl", False), ("qwen2_vl", False), ("qwen2_5_vl", True)])
 def test_greedy_matches_transformers_with_images(tiny_pair, version, tied):
   hf, model = tiny_pair(version, tied=tied)
-  prompts = hf_models.make_prompts(hf.config, 4, seed=1)
-  ref_tokens, ref_logprobs = _hf_greedy(hf, prompts, 20, hf_models.TINY_EOS)
-  ours = _ours(model, prompts, 20, temperature=0.0, eos_token_id=hf_models.TINY_EOS)
+  prompts = testing.make_prompts(hf.config, 4, seed=1)
+  ref_tokens, ref_logprobs = _hf_greedy(hf, prompts, 20, testing.TINY_EOS)
+  ours = _ours(model, prompts, 20, temperature=0.0, eos_token_id=testing.TINY_EOS)
   assert ours.tokens.shape == (4, 20)
   np.testing.assert_array_equal(ours.tokens[:, :ref_tokens.shape[1]], ref_tokens)
   live = np.arange(ref_tokens.shape[1])[None] < ours.lengths[:, None]  # transformers keeps scoring after EOS
@@ -39,7 +39,7 @@ def test_greedy_matches_transformers_with_images(tiny_pair, version, tied):
 
 def test_greedy_eos_stops_and_pads_like_transformers(tiny_pair):
   hf, model = tiny_pair()
-  prompts = hf_models.make_prompts(hf.config, 4, seed=1)
+  prompts = testing.make_prompts(hf.config, 4, seed=1)
   free = _ours(model, prompts, 20, temperature=0.0).tokens
   eos = int(free[0, 5])  # a token row 0 emits at step 5: rows stop at different steps, some maybe never
   ref_tokens, _ = _hf_greedy(hf, prompts, 20, eos)
@@ -57,9 +57,9 @@ def test_greedy_eos_stops_and_pads_like_transformers(tiny_pair):
 
 def test_samples_per_prompt_are_prompt_major_and_tiling_modes_agree(tiny_pair):
   hf, model = tiny_pair()
-  prompts = hf_models.make_prompts(hf.config, 2, seed=2)
+  prompts = testing.make_prompts(hf.config, 2, seed=2)
   key = jax.random.key(3)
-  kwargs = dict(temperature=1.0, top_k=50, rng=key, eos_token_id=hf_models.TINY_EOS, num_samples=3)
+  kwargs = dict(temperature=1.0, top_k=50, rng=key, eos_token_id=testing.TINY_EOS, num_samples=3)
   by_cache = _ours(model, prompts, 8, tile="cache", **kwargs)
   by_prompt = _ours(model, prompts, 8, tile="prompt", **kwargs)
   assert by_cache.tokens.shape == (6, 8)
@@ -71,8 +71,8 @@ def test_samples_per_prompt_are_prompt_major_and_tiling_modes_agree(tiny_pair):
 
 def test_one_compile_per_static_signature(tiny_pair):
   hf, model = tiny_pair()
-  prompts = hf_models.make_prompts(hf.config, 2, seed=4)
-  kwargs = dict(temperature=0.7, top_p=0.9, eos_token_id=hf_models.TINY_EOS, num_samples=2)
+  prompts = testing.make_prompts(hf.config, 2, seed=4)
+  kwargs = dict(temperature=0.7, top_p=0.9, eos_token_id=testing.TINY_EOS, num_samples=2)
   first = _ours(model, prompts, 6, rng=jax.random.key(0), **kwargs)
   compiled = compiled_signatures()
   again = _ours(model, prompts, 6, rng=jax.random.key(1), **kwargs)
@@ -85,8 +85,8 @@ def test_one_compile_per_static_signature(tiny_pair):
 def test_noise_drawn_ahead_equals_noise_drawn_per_step(tiny_pair, monkeypatch):
   import sys
   hf, model = tiny_pair()
-  prompts = hf_models.make_prompts(hf.config, 2, seed=8)
-  kwargs = dict(temperature=1.0, top_k=20, top_p=0.9, rng=jax.random.key(5), eos_token_id=hf_models.TINY_EOS)
+  prompts = testing.make_prompts(hf.config, 2, seed=8)
+  kwargs = dict(temperature=1.0, top_k=20, top_p=0.9, rng=jax.random.key(5), eos_token_id=testing.TINY_EOS)
   ahead = _ours(model, prompts, 8, **kwargs)
   monkeypatch.setattr(sys.modules["geojax.sampling.generate"], "NOISE_AHEAD_MAX", 0)
   per_step = _ours(model, prompts, 8, **kwargs)
@@ -100,14 +100,14 @@ def test_sharded_model_gives_the_same_completions(tiny_pair, tmp_path):
   hf.save_pretrained(str(tmp_path))
   mesh = make_mesh((2, 2, 2))
   sharded = load_hf(str(tmp_path), mesh=mesh)
-  prompts = hf_models.make_prompts(hf.config, 2, seed=5)
-  kwargs = dict(temperature=1.0, top_k=20, rng=jax.random.key(7), eos_token_id=hf_models.TINY_EOS, num_samples=2)
+  prompts = testing.make_prompts(hf.config, 2, seed=5)
+  kwargs = dict(temperature=1.0, top_k=20, rng=jax.random.key(7), eos_token_id=testing.TINY_EOS, num_samples=2)
   np.testing.assert_array_equal(_ours(sharded, prompts, 8, **kwargs).tokens, _ours(model, prompts, 8, **kwargs).tokens)
 
 
 def test_bad_arguments_raise(tiny_pair):
   hf, model = tiny_pair()
-  prompts = hf_models.make_prompts(hf.config, 2, seed=6)
+  prompts = testing.make_prompts(hf.config, 2, seed=6)
   with pytest.raises(ValueError, match="rng"):
     _ours(model, prompts, 4, temperature=1.0)
   with pytest.raises(ValueError, match="LEFT-padded"):

@@ -8,7 +8,7 @@ from scipy import stats
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from geojax.sampling import SamplingSettings, choose, filtered_probs, generate
-from tests.sampling import hf_models
+from geojax.models import testing
 
 SETTINGS = [(1.0, None, None), (0.7, None, None), (1.3, 8, None), (0.8, None, 0.7), (1.0, 20, 0.9), (0.5, 3, 0.95)]
 
@@ -48,7 +48,7 @@ def test_choice_logprobs_are_policy_and_sampling_logprobs():
 def test_first_step_samples_follow_warped_model_distribution(tiny_pair, temperature, top_k, top_p):
   """Many samples of one prompt's first token vs transformers' warped softmax of its logits: chi-square."""
   hf, model = tiny_pair("qwen2_5_vl", None)  # default init: a spread-out next-token distribution
-  prompts = hf_models.make_prompts(hf.config, 1, seed=7)
+  prompts = testing.make_prompts(hf.config, 1, seed=7)
   inputs = prompts.torch_inputs(hf.config.image_token_id)
   with torch.no_grad():
     out = hf.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True,
@@ -72,7 +72,7 @@ def test_first_step_samples_follow_warped_model_distribution(tiny_pair, temperat
 
 def test_tokens_after_eos_are_pad_when_sampling(tiny_pair):
   hf, model = tiny_pair("qwen2_5_vl", None)
-  prompts = hf_models.make_prompts(hf.config, 2, seed=8)
+  prompts = testing.make_prompts(hf.config, 2, seed=8)
   # With 256 tokens of roughly equal probability, ten EOS ids make EOS likely within 24 steps.
   eos, pad = list(range(100, 110)), 255
   result = jax.tree.map(np.asarray, generate(

@@ -1,6 +1,7 @@
 """Random-weight Qwen-VL models built in transformers (torch, CPU), and left-padded image prompts for them.
 
-Shared by the sampler tests and scripts/bench_sampler.py, so both sides of every comparison use the same weights.
+For comparisons with transformers on the same weights: build the model here, `save_pretrained` it and `load_hf` the
+directory. Used by the sampler tests and scripts/bench_sampler.py; needs torch and transformers (imported lazily).
 """
 from __future__ import annotations
 
