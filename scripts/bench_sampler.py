@@ -1,14 +1,14 @@
-"""Sampler throughput: geojax.sampling.generate vs transformers' generate, same weights, same prompts, same run.
+"""Sampler throughput: a geojax.sampling.Sampler call vs transformers' generate, same weights, same prompts, same run.
 
     JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 python scripts/bench_sampler.py [--sizes toy,0.5b] [--modes greedy,sample]
 
 Each size is a random-weight Qwen2.5-VL built in transformers (torch, CPU), saved with save_pretrained and loaded
 into geojax with load_hf, so both sides run the same weights in float32. Batch 8 left-padded prompts with one
 small image each, 64 new tokens. tokens/s = generated tokens (up to and including EOS) / wall time of the whole
-call (vision tower + prefill + decode, host inputs to host tokens). geojax's compile time is excluded from the
-timed runs and printed separately. For the breakdown, geojax's best one-token call (vision tower + prefill + first
-token + call overhead) is timed too, and (best full call - best one-token call) / (new_tokens - 1) is printed as
-its time per decode step.
+call (vision tower + prefill + decode, host inputs to host tokens); geojax's Sampler is built once per setting and
+called with the parameters, as a trainer does. geojax's compile time is excluded from the timed runs and printed
+separately. For the breakdown, geojax's best one-token call (vision tower + prefill + first token + call overhead)
+is timed too, and (best full call - best one-token call) / (new_tokens - 1) is printed as its time per decode step.
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from geojax.models import load_hf  # noqa: E402
-from geojax.sampling import generate  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from geojax.sampling import Sampler  # noqa: E402
 from geojax.models import testing  # noqa: E402
 
 SIZES = {
@@ -92,14 +94,16 @@ def bench_size(name: str, modes: list[str], batch: int, new_tokens: int, reps: i
   prompts = testing.make_prompts(config, batch, grid_hw=grid, seed=0)
   eos = config.text_config.eos_token_id
   torch_inputs = prompts.torch_inputs(config.image_token_id)
+  params = nnx.state(ours, nnx.Param)
   rows = []
   for mode in modes:
     settings = MODES[mode]
+    samplers = {steps: Sampler(ours, max_new_tokens=steps, eos_token_id=eos, pad_token_id=prompts.pad_id,
+                               **settings["ours"]) for steps in (new_tokens, 1)}
 
     def run_ours(seed, steps=new_tokens):
-      result = generate(ours, prompts.input_ids, prompts.attention_mask, prompts.pixel_values, prompts.image_grid_thw,
-                        max_new_tokens=steps, rng=jax.random.key(seed), eos_token_id=eos,
-                        pad_token_id=prompts.pad_id, **settings["ours"])
+      result = samplers[steps](params, prompts.input_ids, prompts.attention_mask, prompts.pixel_values,
+                               prompts.image_grid_thw, rng=jax.random.key(seed))
       return np.asarray(result.tokens)
 
     def run_hf(seed, steps=new_tokens):
@@ -193,10 +197,12 @@ def bench_tiling(name: str, prompts_n: int, group: int, new_tokens: int, reps: i
     ours = load_hf(path)
   prompts = testing.make_prompts(config, prompts_n, grid_hw=grid, seed=0)
   for tile in ("cache", "prompt"):
+    sampler = Sampler(ours, max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=0.95,
+                      eos_token_id=config.text_config.eos_token_id, num_samples=group, tile=tile)
+
     def run(seed):
-      result = generate(ours, prompts.input_ids, prompts.attention_mask, prompts.pixel_values, prompts.image_grid_thw,
-                        max_new_tokens=new_tokens, temperature=1.0, top_k=50, top_p=0.95, rng=jax.random.key(seed),
-                        eos_token_id=config.text_config.eos_token_id, num_samples=group, tile=tile)
+      result = sampler(None, prompts.input_ids, prompts.attention_mask, prompts.pixel_values, prompts.image_grid_thw,
+                       rng=jax.random.key(seed))
       return np.asarray(result.tokens)
     start = time.perf_counter()
     run(0)

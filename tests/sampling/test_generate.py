@@ -88,7 +88,7 @@ def test_noise_drawn_ahead_equals_noise_drawn_per_step(tiny_pair, monkeypatch):
   prompts = testing.make_prompts(hf.config, 2, seed=8)
   kwargs = dict(temperature=1.0, top_k=20, top_p=0.9, rng=jax.random.key(5), eos_token_id=testing.TINY_EOS)
   ahead = _ours(model, prompts, 8, **kwargs)
-  monkeypatch.setattr(sys.modules["geojax.sampling.generate"], "NOISE_AHEAD_MAX", 0)
+  monkeypatch.setattr(sys.modules["geojax.sampling.sampler"], "NOISE_AHEAD_MAX", 0)
   per_step = _ours(model, prompts, 8, **kwargs)
   np.testing.assert_array_equal(ahead.tokens, per_step.tokens)
   np.testing.assert_array_equal(ahead.logprobs, per_step.logprobs)
