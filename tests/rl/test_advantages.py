@@ -68,8 +68,8 @@ def test_grpo_matches_torch_std_formula():
 def test_hand_computed():
   rewards = np.array([1.0, 0.0, 0.0, 1.0, 3.0, 1.0], np.float32)
   # group 1: mean .5, unbiased std sqrt(1/3); group 2 (G=2): mean 2, std sqrt(2)
-  np.testing.assert_allclose(group_advantages(rewards[:4], 4, "grpo"), np.array([1, -1, -1, 1]) * 0.5 / (3 ** -0.5 + 1e-4),
-                             rtol=1e-6)
+  np.testing.assert_allclose(group_advantages(rewards[:4], 4, "grpo"),
+                             np.array([1, -1, -1, 1]) * 0.5 / (3 ** -0.5 + 1e-4), rtol=1e-6)
   np.testing.assert_allclose(group_advantages(rewards[4:], 2, "drgrpo"), [1.0, -1.0])
   np.testing.assert_allclose(group_advantages(rewards[4:], 2, "rloo"), [2.0, -2.0])
   np.testing.assert_allclose(group_advantages(rewards[:4], 4, "rloo"), [2 / 3, -2 / 3, -2 / 3, 2 / 3], rtol=1e-6)
