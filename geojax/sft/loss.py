@@ -19,7 +19,8 @@ def next_token_targets(input_ids: jnp.ndarray, loss_mask: jnp.ndarray) -> tuple[
 
 
 def sft_loss(logits_or_logprobs: jnp.ndarray, targets: jnp.ndarray, loss_mask: jnp.ndarray, *,
-             label_smoothing: float = 0.0) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+             label_smoothing: float = 0.0,
+             token_count: jnp.ndarray | None = None) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """Token-mean cross-entropy of `targets` over the tokens where `loss_mask` is 1.
 
   Args:
@@ -30,6 +31,9 @@ def sft_loss(logits_or_logprobs: jnp.ndarray, targets: jnp.ndarray, loss_mask: j
     loss_mask: [B, L] 1 where the target counts. Masked targets may be any id (e.g. -100).
     label_smoothing: as torch's cross_entropy: the target distribution is (1 - s) one-hot + s uniform.
       Needs [B, L, V] logits.
+    token_count: the tokens that count in the whole batch when this is one micro-batch of it: the loss and the
+      means are then this micro-batch's shares, which sum to the batch's (`accumulate_grads(..., shares=True)`);
+      None for the count of `loss_mask`.
 
   Returns:
     (loss, metrics): the scalar loss (0 when no token counts, never NaN) and, without gradient, "nll" (the
@@ -41,7 +45,7 @@ def sft_loss(logits_or_logprobs: jnp.ndarray, targets: jnp.ndarray, loss_mask: j
   dtype = jnp.promote_types(scores.dtype, jnp.float32)
   weight = valid.astype(dtype)
   n_tokens = jnp.sum(weight)
-  denominator = jnp.maximum(n_tokens, 1.0)
+  denominator = jnp.maximum(n_tokens if token_count is None else token_count, 1.0)
 
   def token_mean(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.sum(jnp.where(valid, x, 0.0)) / denominator
