@@ -2,7 +2,9 @@
 
 `QwenVLConfig.from_hf(d)` reads a transformers config.json dict, both the nested layout that transformers 5
 writes (`text_config` / `vision_config`) and the flat layout of the published checkpoints (text fields at
-the top level, `rope_scaling` with `mrope_section`). `to_hf()` writes the nested transformers-5 layout.
+the top level, `rope_scaling` with `mrope_section`). Every field transformers' modeling code reads is honoured or,
+where geojax's model computes something else, refused with an error naming it (`HF_FIELDS`). `to_hf()` writes the
+nested transformers-5 layout.
 """
 from __future__ import annotations
 
@@ -11,6 +13,29 @@ from typing import Any
 
 VERSIONS = ("qwen2_vl", "qwen2_5_vl")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+# Every config field that transformers' Qwen2-VL / Qwen2.5-VL modeling code reads (text and vision), and what
+# from_hf does with it. Fields it does not read (dtype, initializer_range, use_cache, ...) change nothing computed.
+HF_FIELDS = {
+    **dict.fromkeys(
+        ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+         "num_key_value_heads", "rms_norm_eps", "max_position_embeddings", "image_token_id", "video_token_id",
+         "depth", "embed_dim", "mlp_ratio", "num_heads", "out_hidden_size", "patch_size", "temporal_patch_size",
+         "in_channels", "spatial_merge_size", "window_size", "fullatt_block_indexes", "tokens_per_second",
+         "tie_word_embeddings", "text_config", "vision_config"), "honoured"),
+    "rope_parameters": "honoured: rope_theta, mrope_section; refused: a text rope_type other than default (or the "
+                       "legacy mrope), a vision rope_type other than axial",
+    "hidden_act": "refused unless silu (text: the decoder MLP is silu(gate) * up) or, for the vision blocks, one of "
+                  "geojax.models.layers.ACTIVATIONS",
+    "head_dim": "refused unless hidden_size / num_attention_heads (what the projections use)",
+    "use_sliding_window": "refused when true: every decoder layer attends to the whole sequence",
+    "layer_types": "refused unless every layer is full_attention",
+    "sliding_window": "read by transformers only for sliding_attention layers, which are refused",
+    "attention_dropout": "refused unless 0: geojax trains without attention dropout",
+    "pad_token_id": "no effect on outputs: the embedding's padding_idx only freezes the pad row, and pad positions "
+                    "are masked",
+    "_attn_implementation": "the attention kernel transformers runs, not what it computes",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +117,17 @@ class QwenVLConfig:
 
   @classmethod
   def from_hf(cls, hf: dict) -> "QwenVLConfig":
-    """From a transformers config.json dict (nested v5 layout or flat published layout)."""
+    """From a transformers config.json dict (nested v5 layout or flat published layout). A field whose value
+    geojax's model does not compute (see `HF_FIELDS`) is a ValueError naming the field."""
     model_type = hf.get("model_type", "")
     if model_type not in VERSIONS:
       raise ValueError(f"unsupported model_type {model_type!r}; expected one of {VERSIONS}")
     text = dict(hf)
     text.update(hf.get("text_config") or {})
+    _check_text_fields(text, "text_config." if hf.get("text_config") else "")
     rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
-    tie = bool(hf.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+    # transformers 5 ties when either the root or (pre-v5 saves) the text config says so
+    tie = bool(hf.get("tie_word_embeddings", False)) or bool((hf.get("text_config") or {}).get("tie_word_embeddings"))
     text_cfg = TextConfig(
         vocab_size=int(text["vocab_size"]), hidden_size=int(text["hidden_size"]),
         intermediate_size=int(text["intermediate_size"]), num_layers=int(text["num_hidden_layers"]),
@@ -111,6 +139,7 @@ class QwenVLConfig:
         max_position_embeddings=int(text.get("max_position_embeddings", 32768)), tie_word_embeddings=tie,
         bos_token_id=text.get("bos_token_id"), eos_token_id=_first(text.get("eos_token_id")))
     v = hf.get("vision_config") or {}
+    _check_vision_fields(v, model_type)
     vrope = v.get("rope_parameters") or {}
     common = dict(
         depth=int(v["depth"]), num_heads=int(v["num_heads"]), patch_size=int(v.get("patch_size", 14)),
@@ -159,7 +188,8 @@ class QwenVLConfig:
     if self.version == "qwen2_vl":
       if v.intermediate_size % v.hidden_size:
         raise ValueError("Qwen2-VL stores mlp_ratio as an integer; intermediate_size must be a multiple of hidden_size")
-      vision.update(embed_dim=v.hidden_size, hidden_size=v.out_hidden_size, mlp_ratio=v.intermediate_size // v.hidden_size)
+      vision.update(embed_dim=v.hidden_size, hidden_size=v.out_hidden_size,
+                    mlp_ratio=v.intermediate_size // v.hidden_size)
       arch = "Qwen2VLForConditionalGeneration"
     else:
       vision.update(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, out_hidden_size=v.out_hidden_size,
@@ -176,3 +206,42 @@ class QwenVLConfig:
 
 def _first(value):
   return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def _refuse(field: str, value, why: str):
+  raise ValueError(f"unsupported Hugging Face config field {field} = {value!r}: {why}")
+
+
+def _check_text_fields(text: dict, prefix: str) -> None:
+  """Refuses text fields whose value geojax's decoder does not compute (transformers reads each of them)."""
+  act = text.get("hidden_act", "silu")
+  if act != "silu":
+    _refuse(prefix + "hidden_act", act, "geojax's Qwen2 decoder MLP computes silu(gate) * up; only 'silu' is supported")
+  rope_key = "rope_parameters" if text.get("rope_parameters") else "rope_scaling"
+  rope = text.get(rope_key) or {}
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type not in ("default", "mrope"):
+    _refuse(f"{prefix}{rope_key}.rope_type", rope_type, "geojax computes unscaled multimodal rotary positions; "
+            "only 'default' (or the legacy 'mrope') is supported")
+  head_dim = text.get("head_dim")
+  if head_dim is not None and int(head_dim) != int(text["hidden_size"]) // int(text["num_attention_heads"]):
+    _refuse(prefix + "head_dim", head_dim, "expected hidden_size / num_attention_heads "
+            f"= {int(text['hidden_size']) // int(text['num_attention_heads'])}")
+  if text.get("use_sliding_window"):
+    _refuse(prefix + "use_sliding_window", True, "geojax's decoder layers attend to the whole sequence")
+  layer_types = text.get("layer_types") or []
+  if any(t != "full_attention" for t in layer_types):
+    _refuse(prefix + "layer_types", sorted(set(layer_types)), "only 'full_attention' layers are supported")
+  dropout = float(text.get("attention_dropout") or 0.0)
+  if dropout:
+    _refuse(prefix + "attention_dropout", dropout, "geojax trains without attention dropout; expected 0")
+
+
+def _check_vision_fields(v: dict, model_type: str) -> None:
+  from geojax.models.layers import ACTIVATIONS
+  act = v.get("hidden_act", "quick_gelu" if model_type == "qwen2_vl" else "silu")
+  if act not in ACTIVATIONS:
+    _refuse("vision_config.hidden_act", act, f"geojax's vision blocks support {sorted(ACTIVATIONS)}")
+  rope_type = (v.get("rope_parameters") or {}).get("rope_type", "axial")
+  if rope_type != "axial":
+    _refuse("vision_config.rope_parameters.rope_type", rope_type, "the vision tower's rotary positions are axial")
