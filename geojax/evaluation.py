@@ -13,7 +13,7 @@ from geojax import experiment, runtime
 from geojax.data.pipeline import make_loader
 from geojax.geo import Gazetteer, GeoMetrics, format_table, haversine_km_np, level_matches, parse_answers
 from geojax.models import QwenVL
-from geojax.sampling import generate
+from geojax.sampling import Sampler
 
 def decode_completions(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
   """Texts of generated rows, up to each row's length, without special tokens (EOS)."""
@@ -30,13 +30,14 @@ def evaluate(model: QwenVL, tokenizer, records, config: ml_collections.ConfigDic
   loader = make_loader(records, experiment.example_transform(config, tokenizer, "rl"), batch_size=ec.batch_size,
                        shuffle=False, num_epochs=1, shard_index=0, shard_count=1, name=f"eval {label}".strip())
   gaz = Gazetteer.load()
+  sampler = Sampler(model, max_new_tokens=ec.max_new_tokens, temperature=0.0, eos_token_id=tokenizer.eos_id,
+                    pad_token_id=tokenizer.pad_id)
   metrics = GeoMetrics()
   rows = []
   start = time.time()
   for batch in loader:
-    out = generate(model, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"],
-                   position_ids=batch["position_ids"], max_new_tokens=ec.max_new_tokens, temperature=0.0,
-                   eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+    out = sampler(None, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"],
+                  position_ids=batch["position_ids"])
     keep = np.asarray(batch["example_mask"]) > 0
     tokens, lengths = runtime.to_host(out.tokens)[keep], runtime.to_host(out.lengths)[keep]
     texts = decode_completions(tokenizer, tokens, lengths)
