@@ -93,7 +93,9 @@ def test_splits_are_disjoint_by_place(small):
   _, train, test = small
   train_lat, train_lon = np.array([r["lat"] for r in train]), np.array([r["lon"] for r in train])
   test_lat, test_lon = np.array([r["lat"] for r in test]), np.array([r["lon"] for r in test])
-  assert not set(builtin._cells(train_lat, train_lon).tolist()) & set(builtin._cells(test_lat, test_lon).tolist())
+  cell = lambda lat, lon: set(zip(np.floor(lat / builtin.HOLDOUT_CELL_DEG).tolist(),
+                                  np.floor(lon / builtin.HOLDOUT_CELL_DEG).tolist()))
+  assert not cell(train_lat, train_lon) & cell(test_lat, test_lon)
   assert not set(zip(train_lat.tolist(), train_lon.tolist())) & set(zip(test_lat.tolist(), test_lon.tolist()))
 
 

@@ -88,8 +88,7 @@ def test_nearest_is_jittable_and_total(gaz):
 
 
 def test_first_nearest_call_under_jit():
-  from geojax.geo import gazetteer
-  fresh = Gazetteer(gazetteer._load_arrays())  # no device index yet
+  fresh = Gazetteer.load()  # a new instance: no device index yet
   f = jax.jit(fresh.nearest)
   first = f(jnp.array([35.6895]), jnp.array([139.6917]))
   again = jax.jit(lambda a, b: fresh.nearest(a, b) + 0)(jnp.array([35.6895]), jnp.array([139.6917]))

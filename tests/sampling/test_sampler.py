@@ -67,11 +67,16 @@ def test_sampler_keeps_neither_the_model_nor_a_stale_head(tiny_pair):
   assert ref() is None
   prompts = testing.make_prompts(hf.config, 1, seed=2)
   params = jax.tree.map(lambda x: x * 1.1, sampler.params)
+  embedding = params["language_model"]["embed_tokens"]["embedding"].get_raw_value()
+  head_shape = embedding.shape[::-1]  # the sampler's [D, V] decode copy of a tied head
+  heads = lambda: {id(x) for x in jax.live_arrays() if x.shape == head_shape}
+  before = heads()
   _call(sampler, params, prompts, seed=0)
-  embedding = weakref.ref(params["language_model"]["embed_tokens"]["embedding"].get_raw_value())
+  embedding = weakref.ref(embedding)
   del params
   gc.collect()
-  assert embedding() is None and not sampler._head  # the head copy went with its embedding
+  assert embedding() is None  # the sampler keeps neither the embedding ...
+  assert not heads() - before  # ... nor a head copy made from it
 
 
 def test_settings_are_checked_when_built(tiny_pair):
