@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(VENV)/.core: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ run: $(VENV)/.core
 
 test: $(VENV)/.test
 	$(PY) -m pytest -n 2 -q tests $(ARGS)
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check --no-cache .
 
 bench: $(VENV)/.test
 	for s in scripts/bench_*.py; do $(PY) $$s || exit 1; done

@@ -41,6 +41,7 @@ EXTRAS = {
         # geojax.data.tfds_builder (TFDS without TensorFlow); importlib_resources is needed by its code paths
         "tensorflow-datasets==4.9.10",
         "importlib_resources>=6",
+        "ruff==0.17.6",  # the lint .ci/run checks (ruff.toml)
     ],
     # `tensorboard --logdir runs/` to read the event files training writes (tensorboardX, in the core, writes them)
     "viz": ["tensorboard==2.21.0"],
