@@ -87,7 +87,10 @@ _SCHEMA: dict[str, Any] = {
         "batch_size": (8, "prompts per step; each is sampled grpo.group_size times"),
         # 8 x 8: more prompts per step, less noisy updates than 4 x 16
         "group_size": (8, "completions per prompt, the group the advantages are relative to"),
-        "grad_accum": (1, "micro-batches per step; divides grpo.batch_size"),
+        "grad_accum": (1, "micro-batches per optimizer update; grpo.minibatches x grpo.grad_accum divides batch_size"),
+        "updates_per_rollout": (1, "optimizer passes over each rollout (PPO epochs); > 1: old log-probs are taken "
+                                   "before the first, so the clip binds"),
+        "minibatches": (1, "optimizer updates per pass, each on 1/minibatches of the rollout's prompts"),
         # 2e-4 drifted below the (now much better) SFT model on seed 0
         "lr": (1e-4, "peak AdamW learning rate"),
         "warmup_steps": (5, "linear warmup steps"),
@@ -108,8 +111,15 @@ _SCHEMA: dict[str, Any] = {
         "kl": ("k3", "KL estimator: a geojax.rl.KL_ESTIMATORS name"),
         "eps_low": (0.2, "ratio clip below: 1 - eps_low"),
         "eps_high": (0.2, "ratio clip above: 1 + eps_high (DAPO clip-higher: > eps_low)"),
+        "loss": ("grpo", "policy loss: a geojax.rl.POLICY_LOSSES name: grpo (PPO clip per token) | gspo | cispo"),
         "advantage": ("grpo", "advantage estimator: a geojax.rl.ADVANTAGE_ESTIMATORS name (multi: per reward)"),
+        # Geo-R's and GLOBE's code (TRL); Tunix uses 1e-6
+        "adv_eps": (1e-4, "added to the group's reward std before dividing (advantage grpo and multi)"),
         "agg": ("sequence-mean-token-mean", "loss aggregation over tokens: a geojax.rl.AGGREGATIONS name"),
+        "tis_cap": (0.0, "truncated importance sampling: policy term x min(p_trainer / p_sampler, cap) (0: off)"),
+        "mis_threshold": (0.0, "masked importance sampling: drop tokens or sequences whose p_trainer / p_sampler is "
+                               "outside [1/t, t] (0: off)"),
+        "mis_level": ("token", "token | sequence: what masked importance sampling drops"),
         "dynamic_sampling": (False, "DAPO: train on groups whose rewards differ, rolling out more batches for them"),
         "max_rollouts": (4, "rollouts per step at most with dynamic_sampling (short: uninformative groups fill)"),
         "rewards": ({"exp_distance": 1.0}, "reward name (geojax.geo.REWARDS, or locatability) -> weight"),
@@ -210,7 +220,8 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
   from geojax.geo import REWARDS
   from geojax.learners import LEARNERS, LOCATABILITY  # locatability: scored by grpo.reward_model, not geo.REWARDS
   from geojax.models.presets import PRESETS
-  from geojax.rl import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, MULTI_REWARD_KINDS
+  from geojax.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, MIS_LEVELS, MULTI_REWARD_KINDS,
+                         POLICY_LOSSES, RENAMED_AGGREGATIONS)
   STAGES = tuple(LEARNERS)
   for stage in get(c, "stages"):
     if stage not in STAGES:
@@ -295,7 +306,25 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
   check_range(c, "grpo.eps_low", 0.0, 1.0)
   check_range(c, "grpo.eps_high", 0.0)
   check_choice(c, "grpo.advantage", sorted(ADVANTAGE_ESTIMATORS))
+  check_range(c, "grpo.adv_eps", 0.0)
+  if g.agg in RENAMED_AGGREGATIONS:
+    raise ConfigError(f"config key 'grpo.agg' is {g.agg!r}: {RENAMED_AGGREGATIONS[g.agg]}")
   check_choice(c, "grpo.agg", sorted(AGGREGATIONS))
+  check_choice(c, "grpo.loss", sorted(POLICY_LOSSES))
+  check_range(c, "grpo.updates_per_rollout", 1)
+  check_range(c, "grpo.minibatches", 1)
+  if g.batch_size % (g.minibatches * g.grad_accum):
+    raise ConfigError(f"config keys 'grpo.minibatches' x 'grpo.grad_accum' ({g.minibatches} x {g.grad_accum}) must "
+                      f"divide 'grpo.batch_size' ({g.batch_size})")
+  check_range(c, "grpo.tis_cap", 0.0)
+  if 0 < g.tis_cap < 1:
+    raise ConfigError(f"config key 'grpo.tis_cap' is {g.tis_cap!r}: a cap below 1 scales down every token; "
+                      "expected 0 (off) or >= 1")
+  check_range(c, "grpo.mis_threshold", 0.0)
+  if 0 < g.mis_threshold <= 1:
+    raise ConfigError(f"config key 'grpo.mis_threshold' is {g.mis_threshold!r}: expected 0 (off) or > 1 (tokens "
+                      "whose ratio is outside [1/t, t] are dropped)")
+  check_choice(c, "grpo.mis_level", MIS_LEVELS)
   check_range(c, "grpo.max_rollouts", 1)
   check_choice(c, "grpo.combine", ("sum", "product"))
   if g.advantage in MULTI_REWARD_KINDS and g.combine != "sum":

@@ -6,13 +6,21 @@
   rewards    a RewardFunction: (texts, batch, group) -> (total [B*G], {name: [B*G]})
   reference  the frozen policy of the KL term (`ReferencePolicy`), or None without one
   advantage  (rollout, group) -> [B*G] advantages
-  update     the clipped GRPO loss of `geojax.rl` on the rollout tokens exactly as sampled, then AdamW
+  update     the loss of `geojax.rl.grpo_loss` (grpo.loss: PPO clip, GSPO or CISPO) on the rollout tokens exactly as
+             sampled, then AdamW; grpo.updates_per_rollout passes over grpo.minibatches mini-batches (PPO epochs)
 
 One step, in order (JAX dispatch is asynchronous, so the host works while the device computes):
   1. sample G completions per prompt on the current policy;
   2. dispatch the reference policy's log-probabilities of those tokens;
   3. meanwhile on the host: decode the completions, score them, group advantages;
-  4. dispatch the update.
+  4. dispatch the update(s).
+
+Old log-probabilities (the ratio's denominator) are the trainer's own, at the parameters that sampled: with one
+update on the whole rollout they equal the policy's (ratio 1, no extra pass: the loss of plain GRPO); with more,
+one forward pass before the first update takes them, so the clip binds from the second update on. The sampler's
+log-probabilities are not used as old log-probs: they differ from the trainer's (another program), which would put
+that mismatch into the ratio on the first update. The mismatch is logged instead (mismatch/*) and optionally
+corrected by truncated or masked importance sampling (grpo.tis_cap, grpo.mis_threshold), as TRL and verl do.
 
   learner = GRPOLearner.from_config(config, model, tokenizer, mesh, records, rewards=my_reward_fn)
   metrics = learner.train_step()      # or learner.fit() for config.grpo.steps steps with checkpoints
@@ -31,11 +39,12 @@ from flax import nnx
 from geojax import runtime
 from geojax.data.pipeline import make_loader
 from geojax.learners.learner import Learner, host_metrics
+from geojax.data.batch import split_microbatches
 from geojax.learners.optim import accumulate_grads, apply_update
 from geojax.learners.rewards import as_reward, rewards_from_config
 from geojax.learners.rollout import (DynamicSampling, Rollout, RolloutSource, Sampled, completion_logprobs,
                                      rollout_metrics, rollout_sequences)
-from geojax.rl import grpo_loss, reward_advantages
+from geojax.rl import DEFAULT_EPS, batch_counts, grpo_loss, reward_advantages
 from geojax.sampling import Sampler
 
 
@@ -58,14 +67,15 @@ class ReferencePolicy:
 
 class GroupAdvantage:
   """Advantages within each prompt's group (`geojax.rl.ADVANTAGE_ESTIMATORS[kind]`): of the total reward, or for
-  "multi" of each reward apart, summed with `weights` (config.grpo.rewards)."""
+  "multi" of each reward apart, summed with `weights` (config.grpo.rewards). `eps` is added to the group std
+  (config.grpo.adv_eps)."""
 
-  def __init__(self, kind: str = "grpo", weights: Mapping[str, float] | None = None):
-    self.kind, self.weights = kind, dict(weights or {})
+  def __init__(self, kind: str = "grpo", weights: Mapping[str, float] | None = None, eps: float = DEFAULT_EPS):
+    self.kind, self.weights, self.eps = kind, dict(weights or {}), float(eps)
 
   def __call__(self, rollout: Rollout, group: int) -> np.ndarray:
     return np.asarray(reward_advantages(jnp.asarray(rollout.rewards), rollout.per_reward, self.weights, group,
-                                        self.kind), np.float32)
+                                        self.kind, eps=self.eps), np.float32)
 
 
 def policy_sampler(model, gc: ml_collections.ConfigDict, tokenizer) -> Callable:
@@ -90,7 +100,7 @@ class GRPOLearner(Learner):
     if reference is True:  # built before any restore: the reference is the model GRPO started from
       reference = ReferencePolicy(self.graphdef, self.state["params"], self.rest, self.group) if gc.beta > 0 else None
     self.reference = reference or None
-    self.advantage = advantage or GroupAdvantage(gc.advantage, gc.rewards)
+    self.advantage = advantage or GroupAdvantage(gc.advantage, gc.rewards, gc.adv_eps)
     if gaz is None:
       from geojax.geo import Gazetteer
       gaz = Gazetteer.load()
@@ -120,23 +130,46 @@ class GRPOLearner(Learner):
       source = DynamicSampling(source, gc.batch_size, gc.max_rollouts)
     return cls(config, model, mesh, source, writer=writer, gaz=gaz, **roles)
 
-  def loss(self, params, batch: dict, grid: tuple, prompt_len: int):
+  def loss(self, params, batch: dict, grid: tuple, prompt_len: int, counts: dict | None = None):
     gc = self.sc
     lp = completion_logprobs(self.model(params), batch, grid, prompt_len)
-    return grpo_loss(lp, None, batch.get("ref_logprobs"), batch["advantages"], batch["completion_mask"],
-                     eps_low=gc.eps_low, eps_high=gc.eps_high, beta=gc.beta, kl=gc.kl if gc.beta > 0 else None,
-                     agg=gc.agg)
+    return grpo_loss(lp, batch.get("old_logprobs"), batch.get("ref_logprobs"), batch["advantages"],
+                     batch["completion_mask"], loss=gc.loss, eps_low=gc.eps_low, eps_high=gc.eps_high, beta=gc.beta,
+                     kl=gc.kl if gc.beta > 0 else None, agg=gc.agg, sampler_logprobs=batch.get("sampler_logprobs"),
+                     tis_cap=gc.tis_cap, mis_threshold=gc.mis_threshold, mis_level=gc.mis_level, counts=counts)
 
-  def _update_fn(self, state, prompt, tokens, lengths, advantages, ref_logprobs, grid, prompt_len):
+  def _step_fn(self, state, batch: dict, grid: tuple, prompt_len: int):
+    """One optimizer update on `batch` (rows of the rollout), in grad_accum micro-batches normalized by the whole
+    batch's counts, so that the update is the same whatever grad_accum is."""
+    n_micro = self.sc.grad_accum
+    loss_fn = functools.partial(self.loss, grid=grid[:len(grid) // n_micro], prompt_len=prompt_len,
+                                counts=batch_counts(batch["completion_mask"], agg=self.sc.agg))
+    loss, metrics, grads = accumulate_grads(loss_fn, state["params"], batch, n_micro, shares=True)
+    return apply_update(self.tx, state, grads, loss, metrics)
+
+  def _update_fn(self, state, prompt, tokens, lengths, advantages, ref_logprobs, sampler_logprobs, grid, prompt_len):
     seq = rollout_sequences(prompt, tokens, lengths, self.group)
     seq["advantages"] = advantages
     if ref_logprobs is not None:
       seq["ref_logprobs"] = ref_logprobs
-    n_micro = self.sc.grad_accum
-    loss, metrics, grads = accumulate_grads(
-        functools.partial(self.loss, grid=grid[:len(grid) // n_micro], prompt_len=prompt_len), state["params"], seq,
-        n_micro)
-    return apply_update(self.tx, state, grads, loss, metrics)
+    if sampler_logprobs is not None:
+      seq["sampler_logprobs"] = sampler_logprobs
+    n_mini, n_updates = self.sc.minibatches, self.sc.updates_per_rollout
+    if n_mini * n_updates == 1:  # old = current: no extra pass, the loss of plain GRPO
+      return self._step_fn(state, seq, grid, prompt_len)
+    seq["old_logprobs"] = jax.lax.stop_gradient(completion_logprobs(self.model(state["params"]), seq, grid,
+                                                                    prompt_len))
+    minibatches = split_microbatches(seq, n_mini)
+    step = state["step"]
+
+    def update(state, i):
+      return self._step_fn(state, jax.tree.map(lambda x: x[i], minibatches), grid[:len(grid) // n_mini], prompt_len)
+
+    # epochs over the mini-batches in a fixed order, so that a resumed run repeats them exactly
+    state, metrics = jax.lax.scan(update, state, jnp.tile(jnp.arange(n_mini), n_updates))
+    metrics = {k: v.max() if k.endswith("_max") else v.min() if k.endswith("_min") else v.mean()
+               for k, v in metrics.items()}
+    return dict(state, step=step + 1), metrics  # one learner step, however many optimizer updates
 
   def train_step(self) -> dict[str, float]:
     # 1-3: sample on the current policy, dispatch the reference pass, score on the host meanwhile
@@ -145,9 +178,9 @@ class GRPOLearner(Learner):
     rollout = self.rollout.score(sampled)
     example = rollout.example_rows(self.group)
     advantages = np.where(example, self.advantage(rollout, self.group), 0.0).astype(np.float32)
-    # 4. the update
+    # 4. the update(s)
     self.state, metrics = self._update(self.state, sampled.prompt, sampled.tokens, sampled.lengths,
-                                       runtime.put_global(advantages, self.mesh), ref_logprobs,
+                                       runtime.put_global(advantages, self.mesh), ref_logprobs, sampled.logprobs,
                                        *sampled.shape(self.group))
     metrics = host_metrics(metrics)
     metrics.update(rollout_metrics(rollout, self.group, self.config.data.answer, self.gaz))

@@ -1,5 +1,6 @@
 """Rollouts: prompts read from the loader, G completions sampled per prompt on the current policy, scored on the
-host. The training pass sees the completion tokens exactly as sampled (never decoded and re-encoded).
+host. The training pass sees the completion tokens exactly as sampled (never decoded and re-encoded), and the
+sampler's log-probabilities of them (to measure and correct the rollout/trainer mismatch).
 
 A rollout source has two halves so the caller can put device work between them: `sample(params, step)` reads
 the prompts and dispatches the sampler (asynchronous), `score(sampled)` waits for the tokens and scores them on
@@ -37,6 +38,7 @@ class Rollout:
   texts: list
   rewards: np.ndarray    # [B*G]
   per_reward: dict
+  logprobs: np.ndarray | None = None  # [B*G, N] the sampler's log-probs of the tokens (None: it gave none)
 
   def example_rows(self, group: int) -> np.ndarray:
     """[B*G] True on the rows of real examples, False on those of a partial batch's filler examples."""
@@ -50,6 +52,7 @@ class Sampled:
   prompt: dict           # PROMPT_KEYS of `batch` on the mesh
   tokens: jax.Array      # [B*G, N]
   lengths: jax.Array     # [B*G]
+  logprobs: jax.Array | None = None  # [B*G, N] the sampler's log-probs of the tokens (None: it gave none)
   scored: Rollout | None = None  # filled by sources that score before choosing (dynamic sampling)
 
   def shape(self, group: int) -> tuple[tuple, int]:
@@ -65,8 +68,9 @@ def rollout_shape(batch: dict, group: int) -> tuple[tuple, int]:
 class RolloutSource:
   """Reads prompt batches from `loader`, samples `group` completions each with `sampler` and scores them.
 
-  sampler(params, batch, rng) -> GenerateResult; rewards: a geojax.learners.rewards RewardFunction. Step t
-  samples with fold_in(key, t).
+  sampler(params, batch, rng) -> GenerateResult (tokens, lengths and, if it has them, logprobs: temperature 1,
+  unfiltered, as geojax.sampling returns them); rewards: a geojax.learners.rewards RewardFunction. Step t samples
+  with fold_in(key, t).
   """
 
   def __init__(self, loader, sampler: Callable, rewards: Callable, tokenizer, group: int, key: jax.Array, mesh):
@@ -75,7 +79,8 @@ class RolloutSource:
 
   def draw(self, params, batch: dict, key: jax.Array) -> Sampled:
     out = self.sampler(params, batch, key)
-    return Sampled(batch, put_batch(batch, self.mesh, PROMPT_KEYS), out.tokens, out.lengths)
+    return Sampled(batch, put_batch(batch, self.mesh, PROMPT_KEYS), out.tokens, out.lengths,
+                   getattr(out, "logprobs", None))
 
   def sample(self, params, step: int) -> Sampled:
     return self.draw(params, next(self.loader), jax.random.fold_in(self.key, step))
@@ -86,7 +91,8 @@ class RolloutSource:
     tokens, lengths = runtime.to_host(sampled.tokens), runtime.to_host(sampled.lengths)
     texts = decode_completions(self.tokenizer, tokens, lengths)
     rewards, per_reward = self.rewards(texts, sampled.batch, self.group)
-    return Rollout(sampled.batch, tokens, lengths, texts, np.asarray(rewards, np.float32), per_reward)
+    logprobs = None if sampled.logprobs is None else runtime.to_host(sampled.logprobs)
+    return Rollout(sampled.batch, tokens, lengths, texts, np.asarray(rewards, np.float32), per_reward, logprobs)
 
   def info(self) -> dict[str, float]:
     return {}
@@ -111,9 +117,9 @@ class DynamicSampling:
       key = jax.random.fold_in(jax.random.fold_in(src.key, EXTRA_ROLLOUT_STREAM + len(rollouts)), step)
       rollouts.append(src.score(src.draw(params, next(src.loader), key)))
     rollout, self._info = select_informative(rollouts, self.group, self.n_groups)
-    return Sampled(rollout.batch, put_batch(rollout.batch, src.mesh, PROMPT_KEYS),
-                   runtime.put_global(rollout.tokens, src.mesh), runtime.put_global(rollout.lengths, src.mesh),
-                   scored=rollout)
+    put = lambda x: None if x is None else runtime.put_global(x, src.mesh)  # noqa: E731
+    return Sampled(rollout.batch, put_batch(rollout.batch, src.mesh, PROMPT_KEYS), put(rollout.tokens),
+                   put(rollout.lengths), put(rollout.logprobs), scored=rollout)
 
   def score(self, sampled: Sampled) -> Rollout:
     return sampled.scored
@@ -158,7 +164,8 @@ def select_informative(rollouts: list[Rollout], group: int, n_groups: int) -> tu
       lengths=np.concatenate([r.lengths for r in chosen])[rows],
       texts=[texts[i] for i in rows],
       rewards=np.concatenate([r.rewards for r in chosen])[rows],
-      per_reward={k: np.concatenate([np.asarray(r.per_reward[k]) for r in chosen])[rows] for k in chosen[0].per_reward})
+      per_reward={k: np.concatenate([np.asarray(r.per_reward[k]) for r in chosen])[rows] for k in chosen[0].per_reward},
+      logprobs=None if any(r.logprobs is None for r in chosen) else np.concatenate([r.logprobs for r in chosen])[rows])
   seen = sum(int((np.asarray(r.batch["example_mask"]) > 0).sum()) for r in rollouts)
   found = sum(count for _, count in by_shape.values())
   return merged, {"dynamic_sampling/rollouts": float(len(rollouts)),

@@ -27,7 +27,9 @@ def _rollout(example_ids, group_rewards, grid=(1, 4, 4), example_mask=None):
   rewards = np.concatenate([np.asarray(r, np.float32) for r in group_rewards])
   tokens = np.repeat(ids, GROUP)[:, None] * np.ones((1, 3), np.int32)
   texts = [f"t{i}" for i in np.repeat(ids, GROUP)]
-  return learners.Rollout(batch, tokens, np.full(b * GROUP, 3, np.int32), texts, rewards, {"exp_distance": rewards})
+  logprobs = -tokens.astype(np.float32) / 100  # the sampler's log-probs, traced by example id too
+  return learners.Rollout(batch, tokens, np.full(b * GROUP, 3, np.int32), texts, rewards, {"exp_distance": rewards},
+                          logprobs)
 
 
 FLAT, VARIED = [0.5] * GROUP, [0.1, 0.9, 0.5, 0.5]
@@ -39,6 +41,7 @@ def test_keeps_informative_groups_in_order_and_aligns_every_field():
   merged, info = learners.select_informative(rollouts, GROUP, 2)
   np.testing.assert_array_equal(merged.batch["lat"], [11, 20])
   np.testing.assert_array_equal(merged.tokens[:, 0], [11] * GROUP + [20] * GROUP)
+  np.testing.assert_array_equal(merged.logprobs, -merged.tokens.astype(np.float32) / 100)
   np.testing.assert_array_equal(merged.batch["pixel_values"][:, 0], [11] * 16 + [20] * 16)
   np.testing.assert_array_equal(merged.batch["position_ids"][:, :, 0], [[11, 20]] * 3)
   assert merged.texts == ["t11"] * GROUP + ["t20"] * GROUP
