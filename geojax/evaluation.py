@@ -15,6 +15,7 @@ from geojax.geo import Gazetteer, GeoMetrics, format_table, haversine_km_np, lev
 from geojax.models import QwenVL
 from geojax.sampling import Sampler
 
+
 def decode_completions(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
   """Texts of generated rows, up to each row's length, without special tokens (EOS)."""
   return [tokenizer.decode([int(t) for t in row[:n]], skip_special_tokens=True) for row, n in zip(tokens, lengths)]

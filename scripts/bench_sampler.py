@@ -160,8 +160,9 @@ def matmul_floor(model, batch: int, cache_len: int, steps: int, reps: int = 5) -
   text = model.language_model
   cfg = text.cfg
   flat = lambda dense: dense.kernel[...].reshape(int(np.prod(dense.in_shape)), -1)
-  layers = [(flat(l.self_attn.q_proj), flat(l.self_attn.k_proj), flat(l.self_attn.v_proj), flat(l.self_attn.o_proj),
-             flat(l.mlp.gate_proj), flat(l.mlp.up_proj), flat(l.mlp.down_proj)) for l in text.layers]
+  layers = [(flat(layer.self_attn.q_proj), flat(layer.self_attn.k_proj), flat(layer.self_attn.v_proj),
+             flat(layer.self_attn.o_proj), flat(layer.mlp.gate_proj), flat(layer.mlp.up_proj),
+             flat(layer.mlp.down_proj)) for layer in text.layers]
   head = text.embed_tokens.embedding[...].T if text.lm_head is None else flat(text.lm_head)
   kv, groups, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
   keys = jnp.ones((batch, kv, hd, cache_len), jnp.float32) / cache_len

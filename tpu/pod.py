@@ -154,7 +154,8 @@ def install_commands(pod: Pod, archive: str = "/tmp/geojax-src.tar.gz") -> list[
            f"if [ ! -x {venv}/bin/python ]; then python3 -m venv {venv}; fi; "
            f"{venv}/bin/pip install --quiet --upgrade pip; "
            f"cd {code} && {venv}/bin/pip install --quiet -e '.[tpu]' tensorboard; "
-           f"{venv}/bin/python -c 'import jax; print(jax.process_index(), jax.device_count(), jax.devices()[0].platform)'")
+           f"{venv}/bin/python -c 'import jax; "
+           f"print(jax.process_index(), jax.device_count(), jax.devices()[0].platform)'")
   commands.append(ssh(pod, setup))
   return commands
 
@@ -189,12 +190,14 @@ def mount_script(bucket: str, mount_point: str) -> str:
   target = f"~/{mount_point}"
   keyring = "/usr/share/keyrings/cloud.google.asc"
   install = (f"curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee {keyring} > /dev/null && "
-             f"echo \"deb [signed-by={keyring}] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) main\" "
+             f"echo \"deb [signed-by={keyring}] https://packages.cloud.google.com/apt "
+             f"gcsfuse-$(lsb_release -c -s) main\" "
              f"| sudo tee /etc/apt/sources.list.d/gcsfuse.list > /dev/null && "
              f"sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse")
   return (f"set -e; if ! command -v gcsfuse > /dev/null; then {install}; fi; mkdir -p {target}; "
           f"if mountpoint -q {target}; then echo \"$(hostname): {target} already mounted\"; "
-          f"else gcsfuse --implicit-dirs {shlex.quote(name)} {target} && echo \"$(hostname): mounted {bucket} at {target}\"; fi")
+          f"else gcsfuse --implicit-dirs {shlex.quote(name)} {target} && "
+          f"echo \"$(hostname): mounted {bucket} at {target}\"; fi")
 
 
 def launch_commands(pod: Pod, overrides: Sequence[str]) -> list[list[str]]:
@@ -316,7 +319,8 @@ def split_pod_flags(command: str, args: Sequence[str]) -> tuple[bool, list[str]]
       continue
     if name in ("nodry_run", "dry_run"):
       raise ValueError(f"{word} after `--` is ambiguous for a pod command; put pod flags before `--`")
-    if command == "launch" and name is not None and (name in POD_FLAGS or name[2:] in POD_FLAGS and name.startswith("no")):
+    if command == "launch" and name is not None and (name in POD_FLAGS
+                                                     or name[2:] in POD_FLAGS and name.startswith("no")):
       raise ValueError(f"{word} is a tpu.pod flag but stands after `--`, where it would be passed to "
                        f"geojax.train; put it before `--`")
     rest.append(word)

@@ -404,7 +404,8 @@ def main(argv=None) -> None:
   start = time.time()
   data_dir = build_if_missing(out, **args)
   manifest = _read_manifest(data_dir)
-  print(f"{data_dir}: {manifest['counts']} (built in {manifest['build_seconds']} s; this call {time.time() - start:.1f} s)")
+  print(f"{data_dir}: {manifest['counts']} (built in {manifest['build_seconds']} s; "
+        f"this call {time.time() - start:.1f} s)")
 
 
 if __name__ == "__main__":

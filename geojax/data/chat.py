@@ -89,7 +89,8 @@ def answer_text(record: Mapping[str, Any], fmt: str, decimals: int = 4) -> str:
     return chain_of_region(float(record["lat"]), float(record["lon"]))
   if fmt == "globe":
     reasoning = (record.get("reasoning") or "").strip()
-    return f"<think>{reasoning}</think><answer>country: {record.get('country', '')}\ncity: {record.get('city', '')}</answer>"
+    return (f"<think>{reasoning}</think><answer>country: {record.get('country', '')}\n"
+            f"city: {record.get('city', '')}</answer>")
   if fmt == "latlon":
     return format_latlon(float(record["lat"]), float(record["lon"]), decimals)
   raise ValueError(f"unknown answer format {fmt!r}; known: {ANSWER_FORMATS}")

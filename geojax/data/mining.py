@@ -4,8 +4,9 @@ Points become unit vectors; a great-circle distance <= R is a chord length <= c 
 test is exact. Hotspots are binned into cubic voxels of side c; a sample can only be near hotspots of its own or the 26
 neighbouring voxels. Samples are first compared with the hotspots of their own voxel, then the rest with every
 hotspot listed under the neighbouring voxels (one binary search over sorted voxel keys per sample and pass), so
-the work grows with the number of nearby candidates instead of N x M. A first pass with voxels of side c/2 (diagonal < c) drops every sample
-sharing a voxel with a hotspot without any distance computation, which removes the dense city clusters cheaply.
+the work grows with the number of nearby candidates instead of N x M. A first pass with voxels of side c/2
+(diagonal < c) drops every sample sharing a voxel with a hotspot without any distance computation, which removes
+the dense city clusters cheaply.
 """
 from __future__ import annotations
 

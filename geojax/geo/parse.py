@@ -71,7 +71,8 @@ def _detect(text: str) -> str:
 def _parse_one(text: str, fmt: str) -> dict:
   """Fields of one answer; format_ok per format:
   chain: exactly one coordinate pair (Geo-R's format reward; names optional);
-  globe: the GLOBE regex on the whole completion (names from the first <answer> block); loc: exactly one LOC pair; latlon: exactly one pair."""
+  globe: the GLOBE regex on the whole completion (names from the first <answer> block); loc: exactly one LOC pair;
+  latlon: exactly one pair."""
   out = {"lat": math.nan, "lon": math.nan, "n": 0, "ok": False, "country": "", "admin1": "", "city": "",
          "think": ""}
   text = text[:MAX_CHARS]

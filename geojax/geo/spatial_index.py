@@ -174,8 +174,9 @@ def nearest_rows(index: dict, lat, lon, depth: int, xp=jnp, dtype=None):
   """Row of the nearest city for each query (`index`: `SpatialIndex.arrays()` as arrays of module `xp`).
 
   xp=jnp (default) is jit-able; xp=np runs on the host without JAX (data workers), in float64 when
-  `dtype` is np.float64 and `index["leaf_coords"]` holds float64 coordinates. `depth` must be a Python int (the index's `depth`). Latitudes are clipped to [-90, 90];
-  longitudes outside [-180, 180] are wrapped into [-180, 180); NaN queries give an arbitrary valid row.
+  `dtype` is np.float64 and `index["leaf_coords"]` holds float64 coordinates. `depth` must be a Python int (the
+  index's `depth`). Latitudes are clipped to [-90, 90]; longitudes outside [-180, 180] are wrapped into
+  [-180, 180); NaN queries give an arbitrary valid row.
   """
   dtype = dtype or xp.float32
   lat = xp.asarray(lat, dtype)

@@ -1,6 +1,7 @@
 """geojax.models: Qwen2-VL / Qwen2.5-VL in Flax NNX, with HF checkpoint I/O, sharding and a KV cache.
 
-    model = load_hf("/ckpt/Qwen2.5-VL-7B-Instruct", dtype=jnp.bfloat16, param_dtype=jnp.float32, mesh=make_mesh((1, -1, 1)),
+    model = load_hf("/ckpt/Qwen2.5-VL-7B-Instruct", dtype=jnp.bfloat16, param_dtype=jnp.float32,
+                    mesh=make_mesh((1, -1, 1)),
                     remat_policy="full")            # or QwenVL(PRESETS[...] / tiny_config(...), rngs=nnx.Rngs(0))
     logits = model(input_ids, attention_mask, pixel_values, image_grid_thw, position_ids)   # float32 [B, L, V]
     lp = token_logprobs(model, input_ids, targets, attention_mask, pixel_values, image_grid_thw, position_ids,

@@ -4,8 +4,9 @@
 safetensors, one file or shards with model.safetensors.index.json), tensor by tensor, and places each one
 directly with its sharding. Unknown or missing tensors fail with their names. Names are those of the
 published checkpoints (`model.layers.*`, `visual.*`, `lm_head.weight`), which transformers 5 also writes;
-its in-memory names (`model.language_model.*`, `model.visual.*`) are accepted too. `save_hf(model, path)` writes config.json, generation_config.json and safetensors shards with an index
-that transformers' `Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration` load as is.
+its in-memory names (`model.language_model.*`, `model.visual.*`) are accepted too. `save_hf(model, path)` writes
+config.json, generation_config.json and safetensors shards with an index that transformers'
+`Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration` load as is.
 """
 from __future__ import annotations
 
@@ -194,4 +195,3 @@ def _write_json(path: str, obj) -> None:
   with open(path, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
     f.write("\n")
-

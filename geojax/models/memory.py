@@ -94,7 +94,8 @@ def memory_plan(config: QwenVLConfig, *, chips: int = 32, micro_batch: int = 8, 
                                                     v.hidden_size, v.intermediate_size, policy)
   # Working set of the layer being recomputed / differentiated, and the float32 logits chunk (x3: logits,
   # softmax, its cotangent).
-  working = _layer_activation_bytes(seq_len, micro_batch, t.hidden_size, t.num_heads, kv_dim, t.intermediate_size, "none")
+  working = _layer_activation_bytes(seq_len, micro_batch, t.hidden_size, t.num_heads, kv_dim, t.intermediate_size,
+                                    "none")
   logits = 3 * 4 * micro_batch * chunk * t.vocab_size
   kv = rollout_batch * seq_len * t.num_layers * 2 * kv_dim * 2
   return MemoryPlan(params=4 * shard / GIB, grads=4 * shard / GIB, optimizer=8 * shard / GIB,

@@ -92,7 +92,8 @@ def logical_to_spec(axes: Sequence[str | None], rules=None, shape: Sequence[int]
   return PartitionSpec(*spec)
 
 
-def named_sharding(mesh: jax.sharding.Mesh, axes: Sequence[str | None], shape: Sequence[int], rules=None) -> NamedSharding:
+def named_sharding(mesh: jax.sharding.Mesh, axes: Sequence[str | None], shape: Sequence[int],
+                   rules=None) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(axes, rules, shape, dict(mesh.shape)))
 
 

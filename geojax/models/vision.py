@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 
 from geojax.models.config import VisionConfig
-from geojax.models.layers import ACTIVATIONS, Dense, LayerNorm, RMSNorm, apply_rotary, inverse_frequencies, masked_attention
+from geojax.models.layers import (ACTIVATIONS, Dense, LayerNorm, RMSNorm, apply_rotary, inverse_frequencies,
+                                  masked_attention)
 from geojax.models.sharding import shard
 from geojax.models.text import REMAT
 

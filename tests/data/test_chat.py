@@ -64,7 +64,8 @@ def test_matches_apply_chat_template(tokenizers, prompt, system, with_answer):
 
 def test_answer_formats():
   record = {"lat": -33.8688, "lon": 151.2093, "country": "Australia", "city": "Sydney", "reasoning": " Opera house. ",
-            "label": "Country: Australia / State: New South Wales / City: Sydney / Coordinates: (-33.868800, 151.209300)"}
+            "label": "Country: Australia / State: New South Wales / City: Sydney / "
+                     "Coordinates: (-33.868800, 151.209300)"}
   assert answer_text(record, "latlon") == "(-33.8688, 151.2093)"
   assert answer_text(record, "globe") == "<think>Opera house.</think><answer>country: Australia\ncity: Sydney</answer>"
   assert answer_text(record, "chain") == record["label"]

@@ -12,7 +12,8 @@ from geojax.data.tiny_tokenizer import build
 TEXTS = [
     "Hello world", "Country: Japan / State: Hokkaido / City: Biei Town / Coordinates: (43.452002, 142.615358)",
     "  leading spaces\n\n\ttabs  and   trailing   ", "Zürich, São Paulo, 東京都, Москва, القاهرة, 🙂👍🏽",
-    "it's I'LL we've 12345 3.14e-10 -0.5", "<think>Schöne Aussicht</think><answer>country: Germany\ncity: Berlin</answer>",
+    "it's I'LL we've 12345 3.14e-10 -0.5",
+    "<think>Schöne Aussicht</think><answer>country: Germany\ncity: Berlin</answer>",
     "e\u0301 café\r\n\r\nend", "ab" * 300, "", " ", "\n",
 ]
 
@@ -70,7 +71,8 @@ def test_tiny_tokenizer_training_is_deterministic():
   assert build(600, max_places=3000).to_str() == build(600, max_places=3000).to_str()
 
 
-@pytest.mark.skipif(not os.environ.get("GEOJAX_SLOW_TESTS"), reason="rebuilds the asset (~15-40 s); GEOJAX_SLOW_TESTS=1")
+@pytest.mark.skipif(not os.environ.get("GEOJAX_SLOW_TESTS"),
+                    reason="rebuilds the asset (~15-40 s); GEOJAX_SLOW_TESTS=1")
 def test_tiny_tokenizer_asset_is_reproducible():
   tiny = load_tokenizer("tiny")
   assert build(tiny.vocab_size).to_str() == tiny.backend.to_str()

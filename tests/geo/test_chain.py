@@ -38,7 +38,8 @@ def test_template_and_precision(gaz):
 @pytest.mark.parametrize("text, expect", [
   ("country: japan / state: hokkaido / city: biei town / coordinates: (43.45, 142.61)",
    ("japan", "hokkaido", "biei town", 43.45, 142.61, 1)),
-  ("Country:France\nState:Ile-de-France\nCity:Paris\nCoordinates:(48.85,2.35).", ("France", "Ile-de-France", "Paris", 48.85, 2.35, 1)),
+  ("Country:France\nState:Ile-de-France\nCity:Paris\nCoordinates:(48.85,2.35).",
+   ("France", "Ile-de-France", "Paris", 48.85, 2.35, 1)),
   ("Coordinates: (33.9° S, 151.2° E)", ("", "", "", -33.9, 151.2, 1)),
   ("I first thought (1, 2). Country: Chile / Coordinates: (-33.4, -70.6)", ("Chile", "", "", -33.4, -70.6, 2)),
   ("Country: Peru", ("Peru", "", "", None, None, 0)),

@@ -79,5 +79,6 @@ def test_broadcasting_and_jit():
   assert d.shape == (3, 4)
   np.testing.assert_allclose(np.asarray(d[0]), np.arange(4.0) * np.pi / 180 * EARTH_RADIUS_KM, rtol=1e-6)
   assert float(haversine_km(0.0, 0.0, 0.0, 180.0)) == pytest.approx(np.pi * EARTH_RADIUS_KM, rel=1e-6)
-  assert float(haversine_km(10.0, 170.0, 10.0, -170.0)) == pytest.approx(float(haversine_km(10.0, 0.0, 10.0, 20.0)), rel=1e-5)
+  assert float(haversine_km(10.0, 170.0, 10.0, -170.0)) == pytest.approx(float(haversine_km(10.0, 0.0, 10.0, 20.0)),
+                                                                         rel=1e-5)
   assert float(haversine_km(0.0, 0.0, 0.0, 0.0)) == 0.0

@@ -36,7 +36,8 @@ def test_invalid_coordinates_count_as_misses():
   m = GeoMetrics()
   m.update([np.nan, 100.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
   r = m.result()
-  assert r["n_invalid"] == 2 and r["acc_1km"] == pytest.approx(1 / 3) and r["median_km"] == pytest.approx(INVALID_DISTANCE_KM)
+  assert (r["n_invalid"] == 2 and r["acc_1km"] == pytest.approx(1 / 3)
+          and r["median_km"] == pytest.approx(INVALID_DISTANCE_KM))
   merged = GeoMetrics().merge(m)
   assert merged.result()["n"] == 3
 

@@ -41,7 +41,7 @@ def test_sampled_gazetteer_rows_round_trip(gaz):
   (several 'Kebonsari' in East Java) are ambiguous by construction, so those only count in the 25 km rate."""
   rng = np.random.default_rng(0)
   rows = rng.choice(len(gaz), 300, replace=False)
-  key = np.char.add(np.char.add(gaz.country_code, "|" ), np.char.add(np.char.add(gaz.admin1, "|"), gaz.name))
+  key = np.char.add(np.char.add(gaz.country_code, "|"), np.char.add(np.char.add(gaz.admin1, "|"), gaz.name))
   _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
   unique = counts[inverse.reshape(-1)][rows] == 1
   forms = [lambda s: s, str.upper, str.lower]
@@ -56,14 +56,19 @@ def test_sampled_gazetteer_rows_round_trip(gaz):
 @pytest.mark.parametrize("city, state, country, lat, lon", [
   ("Paris", None, None, 48.857, 2.349), ("London", None, None, 51.509, -0.126), ("Tokyo", None, None, 35.69, 139.69),
   ("Cairo", None, None, 30.06, 31.25), ("Sydney", None, None, -33.87, 151.21), ("New York", None, None, 40.71, -74.01),
-  ("NYC", None, "USA", 40.71, -74.01), ("São Paulo", None, "Brasil", -23.55, -46.64), ("München", None, "Germany", 48.14, 11.58),
-  ("Zürich", None, "Switzerland", 47.37, 8.55), ("Kraków", None, "Poland", 50.06, 19.94), ("Montréal", "Québec", "Canada", 45.51, -73.59),
-  ("Bogotá", None, "Colombia", 4.61, -74.08), ("Reykjavík", None, "Iceland", 64.14, -21.90), ("Malmö", None, "Sweden", 55.61, 13.00),
+  ("NYC", None, "USA", 40.71, -74.01), ("São Paulo", None, "Brasil", -23.55, -46.64),
+  ("München", None, "Germany", 48.14, 11.58),
+  ("Zürich", None, "Switzerland", 47.37, 8.55), ("Kraków", None, "Poland", 50.06, 19.94),
+  ("Montréal", "Québec", "Canada", 45.51, -73.59),
+  ("Bogotá", None, "Colombia", 4.61, -74.08), ("Reykjavík", None, "Iceland", 64.14, -21.90),
+  ("Malmö", None, "Sweden", 55.61, 13.00),
   ("Springfield", "IL", "USA", 39.80, -89.64), ("Springfield", "Illinois", "United States", 39.80, -89.64),
   ("Portland", "Oregon", "US", 45.52, -122.68), ("Portland", "Maine", "US", 43.66, -70.26),
-  ("St. Petersburg", None, "Russia", 59.94, 30.31), ("Kyiv", None, "Ukraine", 50.45, 30.52), ("Bombay", None, "India", 19.07, 72.88),
+  ("St. Petersburg", None, "Russia", 59.94, 30.31), ("Kyiv", None, "Ukraine", 50.45, 30.52),
+  ("Bombay", None, "India", 19.07, 72.88),
   ("Sapporo City", "Hokkaido Prefecture", "Japan", 43.06, 141.35), ("Rio", None, "Brazil", -22.90, -43.21),
-  ("Abidjan", None, "Ivory Coast", 5.35, -4.00), ("Seoul", None, "South Korea", 37.57, 126.98), ("Prague", None, "Czechia", 50.09, 14.42),
+  ("Abidjan", None, "Ivory Coast", 5.35, -4.00), ("Seoul", None, "South Korea", 37.57, 126.98),
+  ("Prague", None, "Czechia", 50.09, 14.42),
   ("Amsterdam", None, "Holland", 52.37, 4.89), ("Edinburgh", "Scotland", "UK", 55.95, -3.20),
   (None, "Bavaria", "Germany", 49.0, 11.5), (None, None, "Iceland", 64.14, -21.90),
 ])

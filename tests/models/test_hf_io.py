@@ -125,7 +125,8 @@ QWEN2_VL_2B_CONFIG = {
 }
 
 
-@pytest.mark.parametrize("name,published", [("qwen2.5-vl-7b", QWEN2_5_VL_7B_CONFIG), ("qwen2-vl-2b", QWEN2_VL_2B_CONFIG)])
+@pytest.mark.parametrize("name,published", [("qwen2.5-vl-7b", QWEN2_5_VL_7B_CONFIG),
+                                            ("qwen2-vl-2b", QWEN2_VL_2B_CONFIG)])
 def test_published_flat_configs_match_presets(name, published):
   from transformers import AutoConfig
 

@@ -62,7 +62,8 @@ def test_rules_table_and_shard_model():
   from geojax.models import QwenVL, logical_to_spec, shard_model, tiny_config
   P = jax.sharding.PartitionSpec
   mesh_shape = {"data": 1, "fsdp": 4, "tensor": 2}
-  assert logical_to_spec(("embed", "kv_heads", "head_dim"), shape=(64, 2, 16), mesh_shape=mesh_shape) == P("fsdp", "tensor", None)
+  assert logical_to_spec(("embed", "kv_heads", "head_dim"), shape=(64, 2, 16),
+                         mesh_shape=mesh_shape) == P("fsdp", "tensor", None)
   assert logical_to_spec(("embed", "kv_heads"), shape=(64, 3), mesh_shape=mesh_shape) == P("fsdp", None)  # 3 % 2
   assert logical_to_spec(("batch", "length"), shape=(8, 5), mesh_shape=mesh_shape) == P(("data", "fsdp"), None)
   rules = (("embed", "tensor"), ("mlp", "fsdp"))

@@ -143,7 +143,8 @@ def test_host_scripts_run_in_a_fake_home(tmp_path):
   venv_bin = home / "geojax-venv" / "bin"
   venv_bin.mkdir(parents=True)
   fake_python = venv_bin / "python"
-  fake_python.write_text('#!/bin/bash\necho "args: $*"\necho "tokenizers_parallelism=$TOKENIZERS_PARALLELISM"\nexec sleep 30\n')
+  fake_python.write_text('#!/bin/bash\necho "args: $*"\n'
+                         'echo "tokenizers_parallelism=$TOKENIZERS_PARALLELISM"\nexec sleep 30\n')
   fake_python.chmod(0o755)
   pod = pod_lib.Pod(name="x", run_name="t")
   env = dict(os.environ, HOME=str(home))
@@ -226,4 +227,5 @@ def test_pod_flag_after_separator_is_refused_for_launch(trap_gcloud):
 def test_without_dry_run_gcloud_is_called(trap_gcloud):
   """The trap works: the same line without --dry_run reaches (the fake) gcloud."""
   result = run_pod("status", "--name=geo-pod", "--zone=us-central2-b")
+  assert result.returncode == 0, result.stderr
   assert trap_gcloud.exists() and "geo-pod" in trap_gcloud.read_text()
