@@ -60,7 +60,11 @@ def _first(pattern: re.Pattern, text: str) -> str:
 def _detect(text: str) -> str:
   lower = text.lower()
   if "<answer" in lower or "<think" in lower:
-    return "globe"
+    # A Geo-R LOC dictionary in GLOBE's tags ("<answer>{'LOC': [..]}</answer>") is read as fmt='loc' reads it:
+    # the answer is the first <answer> block, or without one everything after the reasoning.
+    answers = _ANSWER_RE.findall(text)
+    answer = answers[0] if answers else re.split("</think>", text, maxsplit=1, flags=re.IGNORECASE)[-1]
+    return "loc" if "loc" in answer.lower() and _LOC_RE.search(answer) else "globe"
   if "loc" in lower and _LOC_RE.search(text):
     return "loc"
   if "country" in lower or "coordinates" in lower:
@@ -118,7 +122,12 @@ def _parse_one(text: str, fmt: str) -> dict:
 
 
 def parse_answers(texts: Sequence[str], fmt: str = "auto", gaz=None) -> ParsedAnswers:
-  """Parses completions into arrays. fmt: 'chain' | 'globe' | 'loc' | 'latlon' | 'auto' (per text).
+  """Parses completions into arrays. fmt: 'chain' | 'globe' | 'loc' | 'latlon' | 'auto' (per text: 'globe' with
+  <think> / <answer> tags, unless the answer is a LOC dictionary ('loc'); else 'loc' with a LOC pair, 'chain'
+  with 'country' or 'coordinates', 'latlon' otherwise).
+
+  Lenient by design (any letter case, fullwidth colons, LOC pairs anywhere): the rewards' strict=True option
+  scores the raw completion as the papers' releases do instead (geojax.geo.rewards).
 
   With a gazetteer, names are resolved to ids, and an answer without a written coordinate is geocoded
   from its names (GLOBE's 'country / city' answers), with `coord_from_text` False.

@@ -87,3 +87,23 @@ def test_fuzz_never_raises(gaz):
   elapsed = time.time() - start
   print(f"fuzz: {len(texts) + 20000} strings in {elapsed:.1f}s")
   assert elapsed < 30
+
+
+def test_auto_reads_a_loc_answer_as_loc(gaz):
+  """fmt='auto' on a Geo-R LOC dictionary inside GLOBE's tags parses, and scores, what fmt='loc' does."""
+  from geojax.geo import GeoTargets, score
+  texts = ["<answer>{'LOC': [48.85, 2.35]}</answer>",
+           "<think>Paris.</think><answer>{\"LOC\": [48.85, 2.35]}</answer>",
+           "<think>Paris.</think>\n{'LOC': [48.85, 2.35]}",
+           "<think>x</think><answer>{'LOC': [1, 2]} {'LOC': [3, 4]}</answer>"]
+  auto, loc = parse_answers(texts, "auto", gaz), parse_answers(texts, "loc", gaz)
+  for field in ("lat", "lon", "coord_valid", "n_coords", "format_ok", "country_id", "city_id"):
+    np.testing.assert_array_equal(getattr(auto, field), getattr(loc, field), err_msg=field)
+  assert auto.coord_valid.all() and auto.format_ok.tolist() == [True, True, True, False]
+  targets = GeoTargets.from_coordinates([48.85] * 4, [2.35] * 4, gaz)
+  weights = {"geo_r_distance": 1.0, "geo_r_format": 1.0}
+  np.testing.assert_array_equal(score(texts, targets, weights, fmt="auto", gaz=gaz)[0],
+                                score(texts, targets, weights, fmt="loc", gaz=gaz)[0])
+  # A GLOBE answer stays GLOBE, even with a LOC pair in its reasoning.
+  p = parse_answers(["<think>LOC: [1, 2]</think><answer>country: France\ncity: Paris</answer>"], "auto", gaz)
+  assert p.country[0] == "France" and p.n_coords[0] == 0 and p.globe_format_ok[0]
