@@ -2,17 +2,27 @@
 
 Every reward takes `batch`, a mapping of jnp arrays built by `reward_batch` (parsed answer + targets), and
 keyword parameters, and returns float32 [B]. Malformed answers score 0. `score` is what the trainer calls.
+
+By default the rewards read the answer through geojax's lenient parser (`geojax.geo.parse`: any letter case,
+fullwidth colons, LOC pairs anywhere in the text), so they credit answers the papers' released code scores 0.
+With `strict=True` (`grpo.reward_params.<name>.strict`) the Geo-R and GLOBE rewards score the raw completion
+exactly as their releases do, apart from three release bugs (see `release_loc`, `release_visual_fraction`,
+`geo_r_format`); the release_* functions below are that scoring, read from the released code.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import math
+import re
+import warnings
 from typing import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from geojax.geo.distance import haversine_km
-from geojax.geo.parse import ParsedAnswers, parse_answers
+from geojax.geo.parse import ParsedAnswers, parse_answers, valid_coordinate
 
 MAX_DISTANCE_KM = 20000.0
 GLOBE_NAME_RATIO = 0.7
@@ -92,8 +102,115 @@ def visual_fraction(think: str, clues: Sequence[str]) -> float:
   return sum(c in text for c in clues) / len(clues)
 
 
-def reward_batch(parsed: ParsedAnswers, targets: GeoTargets) -> dict[str, jnp.ndarray]:
-  """The arrays every reward reads (host string matching done here, once)."""
+# ---------------------------------------------------------------- the releases' scoring, for strict=True
+# GLOBE: lingli1996/GLOBE examples/train/grpo/globe/plugin.py (GeoLocAccuracyV2ORM, GeoVisalEntityMatching2ORM,
+# MathFormat). Geo-R: aialt/geo-r src/open-r1-multimodal/src/open_r1/vlm_modules/qwen_module.py (loc_reward,
+# extract_loc_from_string, distance_to_reward), the rewards grpo_rec.py trains with.
+_RELEASE_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)  # case-sensitive; the first block
+# Case-sensitive, ASCII colon, no word boundary ('ethnicity: x' is a city), and \s* may cross newlines.
+_RELEASE_FIELD_RE = {"country": re.compile(r"country:\s*([^\n]+)"), "city": re.compile(r"city:\s*([^\n]+)")}
+_RELEASE_FORMAT_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>\Z", re.DOTALL)  # used with match()
+GEO_R_RELEASE_RADIUS_KM = 6371.0
+
+
+def release_globe_names(text: str) -> tuple[str, str]:
+  """GLOBE release: (country, city) of the first case-sensitive <answer> block, stripped and lower-cased;
+  '' where a field is missing. No length cap and no punctuation stripping ('us.' stays 'us.')."""
+  m = _RELEASE_ANSWER_RE.search(text)
+  body = m.group(1).strip() if m else ""
+  fields = [_RELEASE_FIELD_RE[key].search(body) for key in ("country", "city")]
+  return tuple(f.group(1).strip().lower() if f else "" for f in fields)
+
+
+def release_name_match(pred: str, truth: str, ratio: float = GLOBE_NAME_RATIO) -> bool:
+  """GLOBE release: `pred` (a field of `release_globe_names`) and the truth, lower-cased, one inside the other
+  with length ratio >= ratio; the truth is not stripped and the ratio uses its length before lower-casing."""
+  if not pred or not isinstance(truth, str):
+    return False
+  p, t = pred.lower(), truth.lower()
+  return (p in t and len(pred) / len(truth) >= ratio) or (t in p and len(truth) / len(pred) >= ratio)
+
+
+def release_visual_fraction(text: str, clues: Sequence[str]) -> float:
+  """GLOBE release: fraction of the distinct lower-cased clues found in the text before the first </think>
+  (the whole text without one; <think> tags removed). Clues are not stripped. Release bug not reproduced: an
+  empty clue string, found in any text, counted as matched."""
+  think = text.split("</think>", 1)[0].replace("<think>", "").lower()
+  tags = {c.lower() for c in clues} - {""}
+  return sum(t in think for t in tags) / len(tags) if tags else 0.0
+
+
+def release_globe_format(text: str) -> bool:
+  """GLOBE release: the whole completion (untruncated) matches ^<think>.*?</think>\\s*<answer>.*?</answer>$."""
+  return _RELEASE_FORMAT_RE.match(text) is not None
+
+
+def release_loc(text: str) -> tuple[float, float]:
+  """Geo-R release: the whole completion is read with ast.literal_eval and must be a dict whose 'LOC' (that key
+  exactly) unpacks into two ints / floats / bools, e.g. "{'LOC': [48.85, 2.35]}" ((NaN, NaN) otherwise: code
+  fences, text around the dict, other keys; the release scores those 0). The pair is returned even when it is
+  not a coordinate on Earth: the release's reward for those is a bug `geo_r_distance` does not reproduce."""
+  try:
+    with warnings.catch_warnings():  # literal_eval warns on escapes like '\d'; as errors they would change the result
+      warnings.simplefilter("ignore")
+      data = ast.literal_eval(text)
+    lat, lon = data.get("LOC")
+    if isinstance(lat, (int, float)) and isinstance(lon, (int, float)):  # what math.radians accepts
+      return float(lat), float(lon)
+  except Exception:  # as the release: anything unreadable scores 0
+    pass
+  return math.nan, math.nan
+
+
+def release_distance_reward(lat: float, lon: float, true_lat: float, true_lon: float, first_km: float = 750.0,
+                            second_km: float = 3000.0, last_km: float = MAX_DISTANCE_KM) -> float:
+  """Geo-R release: the piecewise-linear reward of the float64 haversine distance (R 6371 km, the release's
+  formula and operation order), rounded to 4 decimals; 0 where the release's math fails (asin of a > 1)."""
+  try:
+    p1, l1, p2, l2 = (math.radians(x) for x in (lat, lon, true_lat, true_lon))
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin((l2 - l1) / 2) ** 2
+    d = 2 * math.asin(math.sqrt(a)) * GEO_R_RELEASE_RADIUS_KM
+  except (ValueError, OverflowError):
+    return 0.0
+  if d <= first_km:
+    r = 1.0 - (d / first_km) * 0.5
+  elif d <= second_km:
+    r = 0.5 - ((d - first_km) / (second_km - first_km)) * 0.3
+  elif d <= last_km:
+    r = 0.2 - ((d - second_km) / (last_km - second_km)) * 0.2
+  else:
+    r = 0.0
+  return round(r, 4)
+
+
+def _release_fields(texts: Sequence, targets: GeoTargets) -> dict:
+  """The strict rewards' inputs, from the raw completions (non-strings read as '')."""
+  texts = [t if isinstance(t, str) else "" for t in texts]
+  names = [release_globe_names(t) for t in texts]
+  loc = np.array([release_loc(t) for t in texts], np.float64).reshape(len(texts), 2)
+  return {
+    "release_country_match": jnp.asarray([release_name_match(c, g) for (c, _), g in zip(names, targets.country)],
+                                         bool),
+    "release_city_match": jnp.asarray([release_name_match(c, g) for (_, c), g in zip(names, targets.city)], bool),
+    "release_visual_frac": jnp.asarray([release_visual_fraction(t, c) for t, c in zip(texts, targets.clues)],
+                                       jnp.float32),
+    "release_globe_format_ok": jnp.asarray([release_globe_format(t) for t in texts], bool),
+    # float64 numpy, read on the host by geo_r_distance(strict=True): the release computes in float64.
+    "release_lat": loc[:, 0], "release_lon": loc[:, 1],
+    "release_true_lat": np.asarray(targets.lat, np.float64), "release_true_lon": np.asarray(targets.lon, np.float64),
+  }
+
+
+def _release(batch, key: str):
+  if key not in batch:
+    raise KeyError(f"strict=True needs batch[{key!r}]: build the batch with reward_batch(parsed, targets, texts)")
+  return batch[key]
+
+
+def reward_batch(parsed: ParsedAnswers, targets: GeoTargets, texts: Sequence[str] | None = None
+                 ) -> dict[str, jnp.ndarray]:
+  """The arrays every reward reads (host string matching done here, once). With the raw completions `texts`,
+  also the release_* fields the strict rewards read."""
   n = len(parsed)
   return {
     "pred_lat": jnp.asarray(np.nan_to_num(parsed.lat), jnp.float32),
@@ -114,6 +231,7 @@ def reward_batch(parsed: ParsedAnswers, targets: GeoTargets) -> dict[str, jnp.nd
     "true_country_id": jnp.asarray(targets.country_id),
     "true_admin1_id": jnp.asarray(targets.admin1_id),
     "true_city_id": jnp.asarray(targets.city_id),
+    **(_release_fields(texts, targets) if texts is not None else {}),
   }
 
 
@@ -129,37 +247,68 @@ def piecewise_distance_reward(d: jnp.ndarray, first_km: float = 750.0, second_km
   return jnp.where(d <= last_km, r, 0.0).astype(jnp.float32)
 
 
-def geo_r_distance(batch, first_km: float = 750.0, second_km: float = 3000.0) -> jnp.ndarray:
-  """Geo-R distance reward, released-code breakpoints (750 / 3000 km); 0 without a valid coordinate."""
+def geo_r_distance(batch, first_km: float = 750.0, second_km: float = 3000.0, strict: bool = False) -> jnp.ndarray:
+  """Geo-R distance reward, released-code breakpoints (750 / 3000 km); 0 without a valid coordinate.
+
+  Lenient (default): the coordinate the answer format's parser finds (a LOC pair anywhere in the text, any key
+  case or quoting, in code fences; a '(lat, lon)' pair; names geocoded), distance in float32.
+  strict: the release's scoring on the host (`release_loc`, `release_distance_reward`): only a completion that is
+  a whole Python dict literal with the key 'LOC' scores, float64, rounded to 4 decimals. As in lenient mode,
+  a pair off the Earth (|lat| > 90 or |lon| > 180) scores 0; the release scores it (a bug).
+  """
+  if strict:
+    columns = [np.asarray(_release(batch, k)) for k in ("release_lat", "release_lon", "release_true_lat",
+                                                          "release_true_lon")]
+    return jnp.asarray([release_distance_reward(lat, lon, tl, tn, first_km, second_km) if valid_coordinate(lat, lon)
+                        else 0.0 for lat, lon, tl, tn in zip(*(c.tolist() for c in columns))], jnp.float32)
   return jnp.where(batch["coord_valid"], piecewise_distance_reward(_distance(batch), first_km, second_km), 0.0)
 
 
-def geo_r_distance_paper(batch, first_km: float = 750.0, second_km: float = 2500.0) -> jnp.ndarray:
-  """Geo-R distance reward, paper breakpoints (750 / 2500 km)."""
-  return geo_r_distance(batch, first_km, second_km)
+def geo_r_distance_paper(batch, first_km: float = 750.0, second_km: float = 2500.0,
+                         strict: bool = False) -> jnp.ndarray:
+  """Geo-R distance reward, paper breakpoints (750 / 2500 km); strict: the release's parsing and arithmetic
+  (see `geo_r_distance`) at these breakpoints."""
+  return geo_r_distance(batch, first_km, second_km, strict)
 
 
-def geo_r_format(batch) -> jnp.ndarray:
-  """1 iff the answer holds exactly one '(lat, lon)' pair (the paper's rule; the release's regex for four
-  integers, which never matches a coordinate, is deliberately not reproduced)."""
+def geo_r_format(batch, strict: bool = False) -> jnp.ndarray:
+  """1 iff the answer holds exactly one '(lat, lon)' pair (the paper's rule). The release's only format reward is
+  a regex for a four-integer bounding box, which never matches a coordinate (a bug): `strict` is accepted, so
+  that every Geo-R reward takes it, and changes nothing."""
+  del strict
   return (batch["n_coords"] == 1).astype(jnp.float32)
 
 
-def globe_accuracy(batch) -> jnp.ndarray:
-  """GLOBE: 1.0 when city and country names match, 0.2 when only the country does, else 0."""
-  country, city = batch["country_match"], batch["city_match"]
+def globe_accuracy(batch, strict: bool = False) -> jnp.ndarray:
+  """GLOBE: 1.0 when city and country names match, 0.2 when only the country does, else 0.
+
+  Lenient (default): names from the answer format's parser (any letter case of the labels and of <answer>, a
+  fullwidth colon, trailing '.,;' stripped, 'Country: X / City: Y' chains without tags) and `globe_name_match`.
+  strict: the release (`release_globe_names`, `release_name_match`): lower-case 'country:' / 'city:' in the
+  first lower-case <answer> block, names compared as written ('US.' does not match 'US').
+  """
+  if strict:
+    country, city = _release(batch, "release_country_match"), _release(batch, "release_city_match")
+  else:
+    country, city = batch["country_match"], batch["city_match"]
   return jnp.where(country & city, 1.0, jnp.where(country, 0.2, 0.0)).astype(jnp.float32)
 
 
-def globe_visual(batch) -> jnp.ndarray:
-  """GLOBE: fraction of the example's clue entities named in the reasoning."""
-  return batch["visual_frac"].astype(jnp.float32)
+def globe_visual(batch, strict: bool = False) -> jnp.ndarray:
+  """GLOBE: fraction of the example's clue entities named in the reasoning.
+
+  Lenient (default): `visual_fraction` of the reasoning the answer format's parser finds (none outside the
+  'globe' format), clues stripped. strict: `release_visual_fraction` of the raw text before the first
+  </think> (the whole text without one), except that an empty clue is not counted as matched.
+  """
+  return (_release(batch, "release_visual_frac") if strict else batch["visual_frac"]).astype(jnp.float32)
 
 
-def globe_format(batch) -> jnp.ndarray:
+def globe_format(batch, strict: bool = False) -> jnp.ndarray:
   """GLOBE: 1 iff the completion matches ^<think>.*?</think>\\s*<answer>.*?</answer>$ (DOTALL; like the
-  release, nothing may follow </answer>)."""
-  return batch["globe_format_ok"].astype(jnp.float32)
+  release, nothing may follow </answer>). Lenient mode reads the first 20,000 characters (parse.MAX_CHARS);
+  strict the whole completion, as the release does."""
+  return (_release(batch, "release_globe_format_ok") if strict else batch["globe_format_ok"]).astype(jnp.float32)
 
 
 def exp_distance(batch, tau_km: float = GEOSCORE_TAU_KM) -> jnp.ndarray:
@@ -220,7 +369,8 @@ def score(completions: Sequence[str], targets: GeoTargets, weights: Mapping[str,
 
   weights: reward name -> weight (names from REWARDS; zero weights are skipped).
   combine: 'sum' -> sum_i w_i r_i (GLOBE, Geo-R code); 'product' -> prod_i w_i r_i (Geo-R paper:
-  distance x format). params: per-reward keyword arguments, e.g. {'exp_distance': {'tau_km': 500}}.
+  distance x format). params: per-reward keyword arguments, e.g. {'exp_distance': {'tau_km': 500}} or
+  {'globe_accuracy': {'strict': True}} (the release's scoring of the raw completion, whatever `fmt`).
   Returns (total float32 [B], {name: float32 [B]}) as numpy arrays.
   """
   unknown = sorted(set(weights) - set(REWARDS))
@@ -233,8 +383,9 @@ def score(completions: Sequence[str], targets: GeoTargets, weights: Mapping[str,
   if gaz is None:
     from geojax.geo.gazetteer import Gazetteer
     gaz = Gazetteer.load()
-  batch = reward_batch(parse_answers(completions, fmt, gaz), targets)
   params = params or {}
+  strict = any(dict(params.get(name) or {}).get("strict") for name, weight in weights.items() if weight)
+  batch = reward_batch(parse_answers(completions, fmt, gaz), targets, completions if strict else None)
   per_reward = {}
   total = np.zeros(len(completions), np.float32) if combine == "sum" else np.ones(len(completions), np.float32)
   for name, weight in weights.items():
