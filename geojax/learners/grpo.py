@@ -105,7 +105,9 @@ class GRPOLearner(Learner):
       from geojax.geo import Gazetteer
       gaz = Gazetteer.load()
     self.gaz = gaz
-    self._update = jax.jit(self._update_fn, static_argnames=("grid", "prompt_len"), donate_argnums=(0,))
+    # update(state, prompt, tokens, lengths, advantages, ref_logprobs, sampler_logprobs, grid, prompt_len)
+    #   -> (state, metrics): the policy update on one scored rollout (jitted, donates state)
+    self.update = jax.jit(self._update_fn, static_argnames=("grid", "prompt_len"), donate_argnums=(0,))
 
   @property
   def rewards(self):
@@ -179,7 +181,7 @@ class GRPOLearner(Learner):
     example = rollout.example_rows(self.group)
     advantages = np.where(example, self.advantage(rollout, self.group), 0.0).astype(np.float32)
     # 4. the update(s)
-    self.state, metrics = self._update(self.state, sampled.prompt, sampled.tokens, sampled.lengths,
+    self.state, metrics = self.update(self.state, sampled.prompt, sampled.tokens, sampled.lengths,
                                        runtime.put_global(advantages, self.mesh), ref_logprobs, sampled.logprobs,
                                        *sampled.shape(self.group))
     metrics = host_metrics(metrics)

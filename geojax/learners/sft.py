@@ -24,7 +24,8 @@ class SFTLearner(Learner):
   def __init__(self, config: ml_collections.ConfigDict, model, mesh, loader,
                writer: runtime.MetricWriter | None = None):
     super().__init__("sft", config, model, mesh, loader, writer)
-    self._update = jax.jit(self._update_fn, static_argnames=("grid",), donate_argnums=(0,))
+    # update(state, batch, grid) -> (state, metrics): one optimizer step on a batch on the mesh (jitted, donates state)
+    self.update = jax.jit(self._update_fn, static_argnames=("grid",), donate_argnums=(0,))
 
   @classmethod
   def from_config(cls, config, model, tokenizer, mesh, records, writer=None) -> "SFTLearner":
@@ -35,21 +36,24 @@ class SFTLearner(Learner):
                          shard_index=0, shard_count=1, name="sft")
     return cls(config, model, mesh, loader, writer)
 
-  def loss(self, params, batch: dict, grid: tuple):
-    mask = batch["loss_mask"] * batch["example_mask"][:, None]
-    targets, target_mask = next_token_targets(batch["input_ids"], mask)
+  def loss(self, params, batch: dict, grid: tuple, token_count=None):
+    """Token-mean NLL of the answer tokens; with `token_count` (the whole batch's) a micro-batch's share of it."""
+    targets, target_mask = next_token_targets(batch["input_ids"], batch["loss_mask"] * batch["example_mask"][:, None])
     lp = token_logprobs(self.model(params), batch["input_ids"], targets, batch["attention_mask"],
                         batch["pixel_values"], grid, batch["position_ids"])
-    return sft_loss(lp, targets, target_mask)
+    return sft_loss(lp, targets, target_mask, token_count=token_count)
 
   def _update_fn(self, state, batch, grid):
     n_micro = self.sc.grad_accum
-    loss, metrics, grads = accumulate_grads(functools.partial(self.loss, grid=grid[:len(grid) // n_micro]),
-                                            state["params"], batch, n_micro)
+    loss_fn = functools.partial(self.loss, grid=grid[:len(grid) // n_micro])
+    if n_micro > 1:  # each micro-batch's share of the whole batch's token mean, exact whatever the split
+      _, target_mask = next_token_targets(batch["input_ids"], batch["loss_mask"] * batch["example_mask"][:, None])
+      loss_fn = functools.partial(loss_fn, token_count=target_mask.sum())
+    loss, metrics, grads = accumulate_grads(loss_fn, state["params"], batch, n_micro, shares=n_micro > 1)
     return apply_update(self.tx, state, grads, loss, metrics)
 
   def train_step(self) -> dict[str, float]:
     batch = next(self.loader)
-    self.state, metrics = self._update(self.state, put_batch(batch, self.mesh, SFT_KEYS),
+    self.state, metrics = self.update(self.state, put_batch(batch, self.mesh, SFT_KEYS),
                                        grid_tuple(batch["image_grid_thw"]))
     return host_metrics(metrics)

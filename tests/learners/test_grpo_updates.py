@@ -29,7 +29,7 @@ def build(config):
 
 
 def update_inputs(learner):
-  """The arguments of learner._update for one rollout of the learner's current policy."""
+  """The arguments of learner.update for one rollout of the learner's current policy."""
   sampled = learner.rollout.sample(learner.state["params"], learner.step)
   ref = learner.reference.logprobs(sampled)
   rollout = learner.rollout.score(sampled)
@@ -50,7 +50,7 @@ def test_update_is_the_same_whatever_grad_accum(tmp_path, builtin_dir, agg):
     # random-init completions never stop early: give the rows unequal lengths (micro-batches of 16 and 26 tokens)
     lengths = jnp.asarray([8, 3, 5, 0, 8, 8, 2, 8], jnp.int32)
     advantages = jnp.asarray([1.0, -0.5, 0.3, 2.0, -1.0, 0.7, -0.2, -1.3])
-    results = {n: learner._update(learner.state, prompt, tokens, lengths, advantages, *rest)
+    results = {n: learner.update(learner.state, prompt, tokens, lengths, advantages, *rest)
                for n, (learner, _) in learners.items()}
   states = {n: r[0] for n, r in results.items()}
   metrics = {n: r[1] for n, r in results.items()}
