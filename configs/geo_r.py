@@ -50,7 +50,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # matched a coordinate (a known defect), so ours checks the documented "(lat, lon)" answer instead. The
   # paper's reward is the variant `:paper`: distance (750/2500 km) x format.
   c.grpo.rewards = ml_collections.ConfigDict({"geo_r_distance": 1.0, "geo_r_format": 1.0})
-  c.grpo.reward_params = ml_collections.ConfigDict()
+  # strict=True scores exactly as the release's reward code (README: where the papers and their code disagree)
+  c.grpo.reward_params = ml_collections.ConfigDict({"geo_r_distance": {"strict": False},
+                                                    "geo_r_format": {"strict": False}})
 
   c.eval.update(batch_size=64, max_new_tokens=256, every=1000)
   c.checkpoint.update(every=500, keep=3)
@@ -60,6 +62,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       c.model.preset = "qwen2.5-vl-3b"
     elif name == "paper":  # the paper's reward: distance with 750/2500 km breakpoints, times format
       c.grpo.rewards = ml_collections.ConfigDict({"geo_r_distance_paper": 1.0, "geo_r_format": 1.0})
+      c.grpo.reward_params = ml_collections.ConfigDict({"geo_r_distance_paper": {"strict": False},
+                                                        "geo_r_format": {"strict": False}})
       c.grpo.combine = "product"
     else:
       raise ValueError(f"unknown variant {name!r} of configs/geo_r.py (known: 3b, paper)")

@@ -54,7 +54,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.grpo.beta = 0.001
   c.grpo.rewards = ml_collections.ConfigDict({"globe_accuracy": 1.0, "globe_visual": 0.5, "globe_format": 1.0,
                                               "locatability": 0.5})  # locatability: only with reward_model
-  c.grpo.reward_params = ml_collections.ConfigDict()
+  # strict=True scores exactly as the release's reward code (README: where the papers and their code disagree)
+  c.grpo.reward_params = ml_collections.ConfigDict({name: {"strict": False}
+                                                    for name in ("globe_accuracy", "globe_visual", "globe_format")})
 
   c.eval.update(batch_size=64, max_new_tokens=1024, every=500)
   c.checkpoint.update(every=200, keep=3)

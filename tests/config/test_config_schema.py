@@ -25,7 +25,7 @@ def load(spec, overrides=()):
                        "eval.batch_size": 32, "checkpoint.every": 10}),
     ("geo_r.py", {"model.preset": "qwen2.5-vl-7b", "data.source": "arrayrecord", "data.max_pixels": 28 * 28 * 1280,
                   "sft.steps": 7813, "sft.warmup_ratio": 0.03, "grpo.steps": 12500, "grpo.temperature": 0.9,
-                  "runtime.mesh.fsdp": -1, "grpo.reward_params": {}, "grpo.combine": "sum",
+                  "runtime.mesh.fsdp": -1, "grpo.combine": "sum",
                   "grpo.rewards": {"geo_r_distance": 1.0, "geo_r_format": 1.0}}),
     ("geo_r.py:3b", {"model.preset": "qwen2.5-vl-3b", "grpo.combine": "sum"}),
     ("geo_r.py:paper", {"model.preset": "qwen2.5-vl-7b", "grpo.combine": "product",
@@ -67,7 +67,7 @@ def test_format_config():
   assert lines[0].startswith("seed = 0 ") and "# PRNG seed" in lines[0]
   assert any(line.startswith("grpo.steps = 7 ") for line in lines)
   assert any(line.startswith("grpo.rewards.geo_r_distance_paper = 1.0 ") and "-> weight" in line for line in lines)
-  assert any(line.startswith("grpo.reward_params = {} ") for line in lines)
+  assert any(line.startswith("grpo.reward_params.geo_r_distance_paper.strict = False ") for line in lines)
   assert all("  # " in line for line in lines)
 
 
