@@ -196,10 +196,16 @@ def rollout_sequences(prompt: dict, tokens: jax.Array, lengths: jax.Array, group
 
 
 def completion_logprobs(model, seq: dict, grid: tuple, prompt_len: int, chunk_size: int = 256) -> jax.Array:
-  """[B*G, N] log-probabilities of the completion tokens of `seq` (rollout_sequences) under `model`."""
+  """[B*G, N] log-probabilities of the completion tokens of `seq` (rollout_sequences) under `model`.
+
+  Image features go into the prompt's image-pad positions only: a sampled completion token that happens to be the
+  image-pad id was sampled with its text embedding, and is read with it here too.
+  """
   ids = seq["input_ids"]
-  lp = token_logprobs(model, ids[:, :-1], ids[:, 1:], seq["attention_mask"][:, :-1], seq["pixel_values"], grid,
-                      seq["position_ids"][:, :, :-1], chunk_size=chunk_size)
+  inputs = ids[:, :-1]
+  image_mask = (inputs == model.config.image_token_id) & (jnp.arange(inputs.shape[1]) < prompt_len)[None]
+  lp = token_logprobs(model, inputs, ids[:, 1:], seq["attention_mask"][:, :-1], seq["pixel_values"], grid,
+                      seq["position_ids"][:, :, :-1], image_mask=image_mask, chunk_size=chunk_size)
   return lp[:, prompt_len - 1:]
 
 

@@ -40,9 +40,10 @@ def chunked_logprobs(hidden: jax.Array, output: jax.Array, targets: jax.Array, *
 
 
 def token_logprobs(model, input_ids, targets, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                   position_ids=None, *, chunk_size: int = 256, temperature: float = 1.0) -> jax.Array:
-  """float32 [B, L] log-probabilities of `targets` under `model` (a QwenVL); see the module docstring."""
-  hidden = model.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw, position_ids)
+                   position_ids=None, *, image_mask=None, chunk_size: int = 256, temperature: float = 1.0) -> jax.Array:
+  """float32 [B, L] log-probabilities of `targets` under `model` (a QwenVL); see the module docstring.
+  image_mask: which positions take image features (QwenVL.embed), default every image-pad token."""
+  hidden = model.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw, position_ids, image_mask)
   output = model.language_model.output_matrix()
   return chunked_logprobs(hidden, output, targets, chunk_size=chunk_size, temperature=temperature,
                           compute_dtype=model.dtype)

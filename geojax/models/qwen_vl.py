@@ -65,26 +65,33 @@ class QwenVL(nnx.Module):
     self.language_model = TextDecoder(config.text, **kw)
 
   # ---------------------------------------------------------------- inputs
-  def check_image_tokens(self, input_ids, image_grid_thw) -> None:
-    """Raise ValueError when the number of image-pad tokens differs from the image features of the grids."""
-    n_tokens = int(np.sum(np.asarray(input_ids) == self.config.image_token_id))
+  def check_image_tokens(self, input_ids, image_grid_thw, image_mask=None) -> None:
+    """Raise ValueError when the number of image slots (image-pad tokens, or `image_mask`) differs from the image
+    features of the grids."""
+    is_image = np.asarray(input_ids) == self.config.image_token_id if image_mask is None else np.asarray(image_mask)
+    n_tokens = int(np.sum(is_image))
     grid = grid_tuple(image_grid_thw) if image_grid_thw is not None else ()
     n_features = sum(t * h * w for t, h, w in grid) // self.config.vision.spatial_merge_size ** 2
     if n_tokens != n_features:
       raise ValueError(f"Image features and image tokens do not match: {n_tokens} image tokens in input_ids, "
                        f"{n_features} image features from image_grid_thw {grid}")
 
-  def embed(self, input_ids, pixel_values=None, image_grid_thw=None) -> jax.Array:
-    """Token embeddings [B, L, D] with the image features written into the image-pad positions."""
+  def embed(self, input_ids, pixel_values=None, image_grid_thw=None, image_mask=None) -> jax.Array:
+    """Token embeddings [B, L, D] with the image features written into the image-pad positions.
+
+    image_mask: [B, L] bool, which positions take image features (default: every image-pad token). A training
+    pass over sampled completions passes the prompt's: a completion that happens to contain the image-pad id was
+    sampled with that token's text embedding, and must not shift the image features of the rows after it.
+    """
     x = self.language_model.embed_tokens(input_ids)
     if pixel_values is None:
       return x
     if image_grid_thw is None:
       raise ValueError("pixel_values given without image_grid_thw")
-    if _is_concrete(input_ids):
-      self.check_image_tokens(input_ids, image_grid_thw)
+    if _is_concrete(input_ids) and (image_mask is None or _is_concrete(image_mask)):
+      self.check_image_tokens(input_ids, image_grid_thw, image_mask)
     feats = self.visual(pixel_values, grid_tuple(image_grid_thw)).astype(x.dtype)
-    is_image = (input_ids == self.config.image_token_id).reshape(-1)
+    is_image = (input_ids == self.config.image_token_id if image_mask is None else image_mask).reshape(-1)
     slot = jnp.clip(jnp.cumsum(is_image) - 1, 0, feats.shape[0] - 1)
     flat = jnp.where(is_image[:, None], feats[slot], x.reshape(-1, x.shape[-1]))
     return flat.reshape(x.shape)
@@ -105,14 +112,14 @@ class QwenVL(nnx.Module):
 
   # ---------------------------------------------------------------- full forward
   def hidden_states(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                    position_ids=None) -> jax.Array:
-    """Final normed hidden states [B, L, D] (the input of the LM head)."""
+                    position_ids=None, image_mask=None) -> jax.Array:
+    """Final normed hidden states [B, L, D] (the input of the LM head); image_mask as in `embed`."""
     if position_ids is None:
       position_ids = self.positions(input_ids, attention_mask, image_grid_thw)
     if attention_mask is None:
       attention_mask = jnp.ones(input_ids.shape, bool)
     with rules_context(self.config.sharding_rules):
-      x = self.embed(input_ids, pixel_values, image_grid_thw)
+      x = self.embed(input_ids, pixel_values, image_grid_thw, image_mask)
       return self.language_model(x, position_ids, attention_mask)
 
   def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,

@@ -35,6 +35,35 @@ def test_training_logprobs_equal_sampling_logprobs(tmp_path, builtin_dir):
   np.testing.assert_array_equal(np.asarray(seq["completion_mask"]) > 0, mask)
 
 
+def test_a_completion_holding_the_image_token_is_read_as_text(tmp_path, builtin_dir):
+  """A sampled image-pad id in a completion is text to the sampler; the training pass must read it the same way,
+  and it must not shift the image features of the rows after it. Reference: the model's own cached decode path
+  (prefill, then one token at a time), teacher-forced on the same completions."""
+  config = tiny_config(str(tmp_path), builtin_dir)
+  mesh = experiment.setup_runtime(config)
+  tokenizer = experiment.load_tokenizer_for(config)
+  with jax.set_mesh(mesh):
+    model = experiment.build_model(config, tokenizer, mesh)
+    transform = experiment.example_transform(config, tokenizer, "rl")
+    batch = transform.collate([transform(r) for r in experiment.load_records(config, "train")[:2]])
+    image = model.config.image_token_id
+    tokens = jnp.asarray([[17, image, 23, image, 5], [9, 31, 12, 40, 6]], jnp.int32)
+    lengths = jnp.asarray([5, 5], jnp.int32)
+    prompt = {k: jnp.asarray(batch[k]) for k in learners.PROMPT_KEYS}
+    grid = grid_tuple(batch["image_grid_thw"])
+    prompt_len = batch["input_ids"].shape[1]
+    lp = learners.completion_logprobs(model, learners.rollout_sequences(prompt, tokens, lengths, 1), grid, prompt_len)
+    cache = model.init_cache(2, prompt_len)
+    logits, cache = model.prefill(prompt["input_ids"], prompt["attention_mask"], prompt["position_ids"],
+                                  prompt["pixel_values"], grid, cache)
+    cache = model.decode_cache(cache, prompt_len + tokens.shape[1])
+    ref = []
+    for t in range(tokens.shape[1]):
+      ref.append(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, t:t + 1], axis=1)[:, 0])
+      logits, cache = model.decode_one(tokens[:, t], cache)
+  np.testing.assert_allclose(np.asarray(lp), np.stack([np.asarray(r) for r in ref], axis=1), atol=2e-4)
+
+
 def test_gradient_accumulation_matches_one_batch():
   params = {"w": jnp.arange(6.0).reshape(2, 3)}
   batch = {"x": jnp.linspace(-1, 1, 24).reshape(8, 3), "position_ids": jnp.arange(48).reshape(3, 8, 2) * 0.01}
