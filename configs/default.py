@@ -7,7 +7,7 @@ Its settings are the defaults of every key (geojax/config_schema.py, each with i
 lists them.
 
   python -m geojax.train --config=configs/default.py            # the main job
-  python -m geojax.train --config=configs/default.py:ci         # the whole path in ~1 CPU-minute
+  python -m geojax.train --config=configs/default.py:ci         # the whole path in ~1.5 CPU-minutes
   python -m geojax.train --config=configs/default.py --config.grpo.steps=50 --config.workdir=runs/x
   python -m geojax.train --config=configs/default.py --print_config
 """
