@@ -70,11 +70,21 @@ def concat_examples(batches: Sequence[Mapping[str, Any]]) -> dict:
           for name in batches[0]}
 
 
-def repeat_examples(batch: Mapping[str, Any], times: int) -> dict:
-  """Each example repeated `times` times in consecutive rows (a GRPO group's layout), on host or device."""
+def repeat_examples(batch: Mapping[str, Any], times: int, patches: Sequence[int] | None = None) -> dict:
+  """Each example repeated `times` times in consecutive rows (a GRPO group's layout), on host or device.
+
+  patches: each example's number of per-patch rows when they differ (prompts holding several images of other
+  sizes); by default every example has the same number.
+  """
   n = num_examples(batch)
-  return {name: _from_examples(name, _xp(x).repeat(_by_example(name, x, n), times, axis=0))
-          for name, x in batch.items()}
+
+  def one(name, x):
+    if name in PER_PATCH and patches is not None:
+      starts = np.cumsum([0, *patches[:-1]])
+      return _xp(x).concatenate([x[s:s + p] for s, p in zip(starts, patches) for _ in range(times)], axis=0)
+    return _from_examples(name, _xp(x).repeat(_by_example(name, x, n), times, axis=0))
+
+  return {name: one(name, x) for name, x in batch.items()}
 
 
 def split_microbatches(batch: Mapping[str, Any], n_micro: int) -> dict:

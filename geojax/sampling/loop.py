@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from geojax.data.batch import repeat_examples
 from geojax.models.sharding import shard
 from geojax.sampling.logits import SamplingSettings, candidate_count, choose, draw_noise
 
@@ -43,20 +44,17 @@ class Plan:
   tile: str
   grid: tuple[tuple[int, int, int], ...] | None
   noise_ahead: bool  # draw every step's sampling noise before the loop (see sampler.NOISE_AHEAD_MAX)
+  row_images: tuple[int, ...] | None = None  # images of each prompt row (tile="prompt" with images)
 
 
 def _repeat_rows(x: jax.Array, times: int, axis: int = 0) -> jax.Array:
   return x if times == 1 else jnp.repeat(x, times, axis=axis)
 
 
-def _tile_images(pixel_values: jax.Array, grid, times: int):
-  """Each image's patches (and grid) repeated `times` times, for tiling prompts before prefill."""
-  if times == 1 or pixel_values is None:
-    return pixel_values, grid
-  sizes = [t * h * w for t, h, w in grid]
-  starts = np.cumsum([0] + sizes[:-1])
-  parts = [pixel_values[s:s + n] for s, n in zip(starts, sizes) for _ in range(times)]
-  return jnp.concatenate(parts, axis=0), tuple(g for g in grid for _ in range(times))
+def _row_grids(grid, row_images) -> list[tuple]:
+  """The image grids of each prompt row, from all grids in prompt order and each row's image count."""
+  starts = np.cumsum([0, *row_images[:-1]])
+  return [tuple(grid[s:s + n]) for s, n in zip(starts, row_images)]
 
 
 def _noise_ahead(rng: jax.Array, rows: int, vocab_size: int, plan: Plan) -> jax.Array | None:
@@ -80,10 +78,16 @@ def sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, rn
   grid = plan.grid
   input_ids = shard(input_ids, ("batch", "length"))
   attention_mask = shard(attention_mask, ("batch", "length"))
-  if plan.tile == "prompt":
-    input_ids, attention_mask = _repeat_rows(input_ids, group), _repeat_rows(attention_mask, group)
-    position_ids = _repeat_rows(position_ids, group, axis=1)
-    pixel_values, grid = _tile_images(pixel_values, grid, group)
+  if plan.tile == "prompt":  # every prompt (with all its images) repeated G times before prefill
+    prompts = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    if pixel_values is not None:
+      prompts["pixel_values"] = pixel_values
+      row_grids = _row_grids(grid, plan.row_images)
+      grid = tuple(g for row in row_grids for _ in range(group) for g in row)
+    tiled = repeat_examples(prompts, group, patches=None if pixel_values is None else
+                            [sum(t * h * w for t, h, w in row) for row in row_grids])
+    input_ids, attention_mask, position_ids = tiled["input_ids"], tiled["attention_mask"], tiled["position_ids"]
+    pixel_values = tiled.get("pixel_values")
   cache = model.init_cache(input_ids.shape[0], prompt_len)
   logits, cache = model.prefill(input_ids, attention_mask, position_ids, pixel_values, grid, cache)
   repeats = group if plan.tile == "cache" else 1

@@ -178,8 +178,10 @@ class Sampler:
     rows = input_ids.shape[0] * self.num_samples
     width = candidate_count(self.config.text.vocab_size, self.settings)
     noise_ahead = not self.settings.greedy and self.max_new_tokens * rows * width <= NOISE_AHEAD_MAX
+    row_images = (self._row_images(input_ids, grid) if self.tile == "prompt" and pixel_values is not None
+                  else None)
     plan = Plan(self.max_new_tokens, self.settings, self.eos_ids, self.pad_id, self.num_samples, self.tile,
-                None if pixel_values is None else grid, noise_ahead)
+                None if pixel_values is None else grid, noise_ahead, row_images)
     params = self.params if params is None else params
     embedding = _embedding(params)
     call = functools.partial(_sample_jit, self.graph, params, self.rest, input_ids, attention_mask, position_ids,
@@ -189,6 +191,21 @@ class Sampler:
       return call()
     with jax.set_mesh(mesh):
       return call()
+
+  def _row_images(self, input_ids: np.ndarray, grid) -> tuple[int, ...]:
+    """How many of the images (in prompt order) each row holds, from its image-pad tokens."""
+    merge = self.config.vision.spatial_merge_size ** 2
+    tokens = (input_ids == self.config.image_token_id).sum(axis=1)
+    counts, image = [], 0
+    for n in tokens:
+      start = image
+      while n > 0 and image < len(grid):
+        n -= int(np.prod(grid[image])) // merge
+        image += 1
+      if n != 0:
+        raise ValueError("image tokens and image features do not match (image_grid_thw against input_ids)")
+      counts.append(image - start)
+    return tuple(counts)
 
   def _decode_head(self, embedding: jax.Array) -> jax.Array | None:
     """On CPU, the tied embedding transposed to [D, V], kept while the embedding array of the last call lives.

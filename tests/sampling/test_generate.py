@@ -114,3 +114,22 @@ def test_bad_arguments_raise(tiny_pair):
     generate(model, prompts.input_ids[:, ::-1], prompts.attention_mask[:, ::-1], max_new_tokens=2, temperature=0.0)
   with pytest.raises(ValueError, match="top_p"):
     _ours(model, prompts, 4, temperature=1.0, top_p=0.0, rng=jax.random.key(0))
+
+
+def test_tiling_modes_agree_with_several_images_per_prompt(tiny_pair):
+  """Prompt 0 holds two images of different sizes, prompt 1 one: tiling prompts must repeat each prompt's images
+  as a block (not each image in turn), so both modes draw the same tokens."""
+  hf, model = tiny_pair()
+  cfg = hf.config
+  start, end, image = cfg.vision_start_token_id, cfg.vision_end_token_id, cfg.image_token_id
+  rows = [[5, start] + [image] * 4 + [end, 7, start] + [image] * 2 + [end, 9],
+          [11, 12, 13, start] + [image] * 4 + [end, 14, 15, 16, 17]]
+  input_ids = np.asarray(rows, np.int32)
+  grid = np.asarray([[1, 4, 4], [1, 2, 4], [1, 4, 4]], np.int32)
+  patch_dim = 3 * cfg.vision_config.temporal_patch_size * cfg.vision_config.patch_size ** 2
+  pixel_values = np.random.default_rng(0).standard_normal((16 + 8 + 16, patch_dim)).astype(np.float32)
+  kwargs = dict(max_new_tokens=6, temperature=1.0, rng=jax.random.key(1), num_samples=3)
+  by_cache = generate(model, input_ids, None, pixel_values, grid, tile="cache", **kwargs)
+  by_prompt = generate(model, input_ids, None, pixel_values, grid, tile="prompt", **kwargs)
+  np.testing.assert_array_equal(by_cache.tokens, by_prompt.tokens)
+  np.testing.assert_allclose(by_cache.logprobs, by_prompt.logprobs, atol=1e-5)
