@@ -59,3 +59,15 @@ def test_print_config(module, tmp_path):
   assert len(lines) == len(list(flatten(gconfig.load(spec))))
   assert all(" = " in line and "  # " in line for line in lines)
   assert any(line.startswith("grpo.steps = 7 ") for line in lines)
+
+
+@pytest.mark.parametrize("module", ["geojax.eval", "geojax.export"])
+def test_missing_checkpoint_is_one_line_and_creates_nothing(module, tmp_path):
+  """A --checkpoint that is not a stage directory: one line, and no <path>/checkpoints made as a side effect."""
+  work = tmp_path / "cwd"
+  work.mkdir()
+  proc = run(module, [f"--config={CONFIGS}/default.py", f"--checkpoint={tmp_path}/nope", "--out=out"], work)
+  assert proc.returncode != 0
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert proc.stderr.startswith("error: --checkpoint=") and "nope" in proc.stderr, proc.stderr
+  assert sorted(os.listdir(tmp_path)) == ["cwd"]
