@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-grpo clean
 
 $(VENV)/.core: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,16 @@ test: $(VENV)/.test
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check --no-cache .
 
-bench: $(VENV)/.test
+$(VENV)/.bench: $(VENV)/.test setup.py
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $@
+
+bench: $(VENV)/.bench
 	for s in scripts/bench_*.py; do $(PY) $$s || exit 1; done
+
+# geojax's GRPO step vs TRL's (BENCHMARKS.md: GRPO); ARGS="--threads 2" for both sides at 2 threads
+bench-grpo: $(VENV)/.bench
+	$(PY) scripts/bench_grpo.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -43,6 +43,9 @@ EXTRAS = {
         "importlib_resources>=6",
         "ruff==0.17.6",  # the lint .ci/run checks (ruff.toml)
     ],
+    # scripts/bench_grpo.py: TRL's GRPOTrainer on the same model as geojax's GRPO learner (TRL brings accelerate
+    # and datasets); torch and transformers pinned as in test
+    "bench": ["trl==1.16.0", "torch==2.13.0", "transformers==5.23.0"],
     # `tensorboard --logdir runs/` to read the event files training writes (tensorboardX, in the core, writes them)
     "viz": ["tensorboard==2.21.0"],
     "tpu": ["jax[tpu]==0.10.2"],

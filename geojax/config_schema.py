@@ -33,6 +33,8 @@ _SCHEMA: dict[str, Any] = {
             "tensor": (1, "devices on the tensor-parallel axis (-1: remaining)"),
         },
         "matmul_precision": ("default", "default | high | highest | bfloat16: jax_default_matmul_precision"),
+        "compilation_cache_dir": ("~/.cache/geojax/jax_cache", "JAX's persistent compilation cache: a second run "
+                                  "loads its programs instead of compiling them (GRPO's first step); empty: off"),
     },
     "model": {
         "preset": ("tiny", "architecture: a geojax.models.PRESETS name, or tiny (random init sized by model.tiny)"),

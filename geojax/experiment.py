@@ -30,7 +30,20 @@ def setup_runtime(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   runtime.initialize(rc.coordinator_address, rc.num_processes, rc.process_id, rc.distributed)
   if rc.matmul_precision != "default":
     jax.config.update("jax_default_matmul_precision", rc.matmul_precision)
+  if rc.get("compilation_cache_dir"):
+    enable_compilation_cache(rc.compilation_cache_dir)
   return runtime.make_mesh(dict(rc.mesh))
+
+
+def enable_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache in `directory`, every program cached (JAX's default skips those compiled
+  in under a second, and a GRPO step has many small ones). A cache already set (JAX_COMPILATION_CACHE_DIR, or by the
+  caller, as the tests do) is left as it is."""
+  if jax.config.jax_compilation_cache_dir:
+    return
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def load_tokenizer_for(config: ml_collections.ConfigDict):

@@ -21,7 +21,7 @@ from geojax.data.batch import batch_shape, concat_examples, put_batch, repeat_ex
 from geojax.data.mrope import next_positions
 from geojax.evaluation import decode_completions
 from geojax.models import grid_tuple
-from geojax.models.logprobs import token_logprobs
+from geojax.models.logprobs import chunked_logprobs
 from geojax.rl import group_rows, informative_groups, select_groups
 
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "example_mask")
@@ -177,9 +177,11 @@ def select_informative(rollouts: list[Rollout], group: int, n_groups: int) -> tu
 def rollout_sequences(prompt: dict, tokens: jax.Array, lengths: jax.Array, group: int) -> dict:
   """Prompt (each example repeated G times) + sampled completion tokens as training sequences, on device.
 
-  M-RoPE positions of generated text continue from the prompt's next position, as in generation.
+  M-RoPE positions of generated text continue from the prompt's next position, as in generation. pixel_values stay
+  the prompts' own (each image once): `completion_logprobs` runs the vision tower once per prompt and repeats the
+  features over its group.
   """
-  rows = repeat_examples(prompt, group)
+  rows = repeat_examples({k: v for k, v in prompt.items() if k != "pixel_values"}, group)
   pos = rows["position_ids"]
   n_new = tokens.shape[1]
   completion_mask = (jnp.arange(n_new)[None, :] < lengths[:, None]).astype(jnp.int32)
@@ -190,7 +192,7 @@ def rollout_sequences(prompt: dict, tokens: jax.Array, lengths: jax.Array, group
       "attention_mask": jnp.concatenate([rows["attention_mask"], completion_mask.astype(rows["attention_mask"].dtype)],
                                         axis=1),
       "position_ids": jnp.concatenate([pos, new_pos.astype(pos.dtype)], axis=2),
-      "pixel_values": rows["pixel_values"],
+      "pixel_values": prompt.get("pixel_values"),
       "completion_mask": completion_mask.astype(jnp.float32) * rows["example_mask"][:, None],
   }
 
@@ -198,15 +200,34 @@ def rollout_sequences(prompt: dict, tokens: jax.Array, lengths: jax.Array, group
 def completion_logprobs(model, seq: dict, grid: tuple, prompt_len: int, chunk_size: int = 256) -> jax.Array:
   """[B*G, N] log-probabilities of the completion tokens of `seq` (rollout_sequences) under `model`.
 
-  Image features go into the prompt's image-pad positions only: a sampled completion token that happens to be the
-  image-pad id was sampled with its text embedding, and is read with it here too.
+  `grid` holds the image grid of every row (group-major: each prompt's G rows together). seq["pixel_values"] holds
+  each prompt's image once (rollout_sequences), or once per row (then each row is its own prompt); G is read from
+  the shapes. The G rows of a prompt share it, so the prompt and its image run through the model once
+  (`QwenVL.prefix_hidden_states`: the same values as G full sequences, up to rounding), and the LM head runs on the
+  completion positions only.
+
+  The completion is read as text: a sampled token that happens to be the image-pad id was sampled with its text
+  embedding, and is read with it here too.
   """
-  ids = seq["input_ids"]
-  inputs = ids[:, :-1]
-  image_mask = (inputs == model.config.image_token_id) & (jnp.arange(inputs.shape[1]) < prompt_len)[None]
-  lp = token_logprobs(model, inputs, ids[:, 1:], seq["attention_mask"][:, :-1], seq["pixel_values"], grid,
-                      seq["position_ids"][:, :, :-1], image_mask=image_mask, chunk_size=chunk_size)
-  return lp[:, prompt_len - 1:]
+  ids, mask, pos = seq["input_ids"], seq["attention_mask"], seq["position_ids"]
+  pixels = seq.get("pixel_values")
+  group = _group_of(grid, pixels.shape[0]) if pixels is not None and grid else 1
+  hp, hn = model.prefix_hidden_states(ids[::group, :prompt_len], mask[::group, :prompt_len],
+                                      pos[:, ::group, :prompt_len], pixels, grid[::group] if grid else None,
+                                      ids[:, prompt_len:-1], mask[:, prompt_len:-1], pos[:, :, prompt_len:-1], group)
+  last = jnp.repeat(hp[:, -1:], group, axis=0) if group > 1 else hp[:, -1:]  # predicts the first completion token
+  return chunked_logprobs(jnp.concatenate([last, hn], axis=1), model.language_model.output_matrix(),
+                          ids[:, prompt_len:], chunk_size=chunk_size, compute_dtype=model.dtype)
+
+
+def _group_of(grid: tuple, n_patches: int) -> int:
+  """G from the per-row grids and the number of patch rows given (each prompt's image once: G; once per row: 1)."""
+  total = sum(t * h * w for t, h, w in grid)
+  group = total // n_patches if n_patches else 1
+  if group < 1 or group * n_patches != total or len(grid) % group or any(
+      grid[i] != grid[i - i % group] for i in range(len(grid))):
+    raise ValueError(f"{n_patches} patch rows fit neither one image per row nor one per group of grids {grid}")
+  return group
 
 
 # ------------------------------------------------------------------------------------------------ metrics

@@ -1,13 +1,14 @@
 """Per-token log-probabilities without materialising the B x L x V float32 logits.
 
     lp = token_logprobs(model, input_ids, targets, attention_mask=None, pixel_values=None,
-                        image_grid_thw=None, position_ids=None, *, chunk_size=256, temperature=1.0)
-    # lp float32 [B, L]: lp[b, t] = log softmax(logits[b, t] / temperature)[targets[b, t]]
+                        image_grid_thw=None, position_ids=None, *, start=0, chunk_size=256, temperature=1.0)
+    # lp float32 [B, L - start]: lp[b, t] = log softmax(logits[b, start + t] / temperature)[targets[b, start + t]]
 
 `targets[b, t]` is the token predicted at position t (usually input_ids shifted left by one; the caller masks
 the positions it does not score). The decoder runs once; the LM head, log-sum-exp and target pick run over
 sequence chunks of `chunk_size` positions inside `jax.lax.map`, each chunk under `jax.checkpoint`, so the
-forward holds one [B, chunk, V] float32 block at a time and the backward recomputes it chunk by chunk.
+forward holds one [B, chunk, V] float32 block at a time and the backward recomputes it chunk by chunk (with a single
+chunk there is nothing to save and no recomputation: the backward reuses the forward's block).
 Differentiable with respect to the model parameters (the GRPO loss takes gradients through it).
 """
 from __future__ import annotations
@@ -27,7 +28,6 @@ def chunked_logprobs(hidden: jax.Array, output: jax.Array, targets: jax.Array, *
   h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(batch, n_chunks, chunk, dim).swapaxes(0, 1)
   t = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad))).reshape(batch, n_chunks, chunk).swapaxes(0, 1)
 
-  @jax.checkpoint
   def one(w, h_chunk, t_chunk):
     logits = jnp.einsum("bcd,dv->bcv", h_chunk.astype(compute_dtype), w.astype(compute_dtype),
                         preferred_element_type=jnp.float32)
@@ -35,15 +35,21 @@ def chunked_logprobs(hidden: jax.Array, output: jax.Array, targets: jax.Array, *
     picked = jnp.take_along_axis(logits, t_chunk[..., None], axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
+  if n_chunks == 1:  # one block: a checkpoint would only recompute it in the backward, holding no less memory
+    return one(output, h[0], t[0])[:, :length]
+  one = jax.checkpoint(one)
   out = jax.lax.map(lambda xs: one(output, *xs), (h, t))  # [n_chunks, B, chunk]
   return out.swapaxes(0, 1).reshape(batch, n_chunks * chunk)[:, :length]
 
 
 def token_logprobs(model, input_ids, targets, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                   position_ids=None, *, image_mask=None, chunk_size: int = 256, temperature: float = 1.0) -> jax.Array:
-  """float32 [B, L] log-probabilities of `targets` under `model` (a QwenVL); see the module docstring.
-  image_mask: which positions take image features (QwenVL.embed), default every image-pad token."""
-  hidden = model.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw, position_ids, image_mask)
+                   position_ids=None, *, image_mask=None, image_features=None, start: int = 0, chunk_size: int = 256,
+                   temperature: float = 1.0) -> jax.Array:
+  """float32 [B, L - start] log-probabilities of `targets[:, start:]` under `model` (a QwenVL); see the module
+  docstring. The decoder runs over all L positions, the LM head only from `start` on (a GRPO pass scores only the
+  completion, and the head is most of the cost at a large vocabulary). image_mask, image_features: QwenVL.embed."""
+  hidden = model.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw, position_ids, image_mask,
+                               image_features)
   output = model.language_model.output_matrix()
-  return chunked_logprobs(hidden, output, targets, chunk_size=chunk_size, temperature=temperature,
-                          compute_dtype=model.dtype)
+  return chunked_logprobs(hidden[:, start:], output, targets[:, start:], chunk_size=chunk_size,
+                          temperature=temperature, compute_dtype=model.dtype)

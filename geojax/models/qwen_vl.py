@@ -76,21 +76,31 @@ class QwenVL(nnx.Module):
       raise ValueError(f"Image features and image tokens do not match: {n_tokens} image tokens in input_ids, "
                        f"{n_features} image features from image_grid_thw {grid}")
 
-  def embed(self, input_ids, pixel_values=None, image_grid_thw=None, image_mask=None) -> jax.Array:
+  def image_features(self, pixel_values, image_grid_thw) -> jax.Array:
+    """The vision tower's features [n_features, D] of the images, in order (what `embed` writes into the slots)."""
+    with rules_context(self.config.sharding_rules):
+      return self.visual(pixel_values, grid_tuple(image_grid_thw))
+
+  def embed(self, input_ids, pixel_values=None, image_grid_thw=None, image_mask=None,
+            image_features=None) -> jax.Array:
     """Token embeddings [B, L, D] with the image features written into the image-pad positions.
 
     image_mask: [B, L] bool, which positions take image features (default: every image-pad token). A training
     pass over sampled completions passes the prompt's: a completion that happens to contain the image-pad id was
     sampled with that token's text embedding, and must not shift the image features of the rows after it.
+    image_features: precomputed `image_features` of the images of image_grid_thw, in place of pixel_values (a
+    GRPO pass computes each prompt's once and repeats them over its group).
     """
     x = self.language_model.embed_tokens(input_ids)
-    if pixel_values is None:
+    if pixel_values is None and image_features is None:
       return x
     if image_grid_thw is None:
       raise ValueError("pixel_values given without image_grid_thw")
     if _is_concrete(input_ids) and (image_mask is None or _is_concrete(image_mask)):
       self.check_image_tokens(input_ids, image_grid_thw, image_mask)
-    feats = self.visual(pixel_values, grid_tuple(image_grid_thw)).astype(x.dtype)
+    if image_features is None:
+      image_features = self.visual(pixel_values, grid_tuple(image_grid_thw))
+    feats = image_features.astype(x.dtype)
     is_image = (input_ids == self.config.image_token_id if image_mask is None else image_mask).reshape(-1)
     slot = jnp.clip(jnp.cumsum(is_image) - 1, 0, feats.shape[0] - 1)
     flat = jnp.where(is_image[:, None], feats[slot], x.reshape(-1, x.shape[-1]))
@@ -112,15 +122,27 @@ class QwenVL(nnx.Module):
 
   # ---------------------------------------------------------------- full forward
   def hidden_states(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                    position_ids=None, image_mask=None) -> jax.Array:
-    """Final normed hidden states [B, L, D] (the input of the LM head); image_mask as in `embed`."""
+                    position_ids=None, image_mask=None, image_features=None) -> jax.Array:
+    """Final normed hidden states [B, L, D] (the input of the LM head); image_mask, image_features as in `embed`."""
     if position_ids is None:
       position_ids = self.positions(input_ids, attention_mask, image_grid_thw)
     if attention_mask is None:
       attention_mask = jnp.ones(input_ids.shape, bool)
     with rules_context(self.config.sharding_rules):
-      x = self.embed(input_ids, pixel_values, image_grid_thw, image_mask)
+      x = self.embed(input_ids, pixel_values, image_grid_thw, image_mask, image_features)
       return self.language_model(x, position_ids, attention_mask)
+
+  def prefix_hidden_states(self, prefix_ids, prefix_mask, prefix_positions, pixel_values, image_grid_thw, input_ids,
+                           attention_mask, position_ids, group: int, image_features=None) -> tuple:
+    """Hidden states of prompts (prefix_* [B, P], their images) and of their continuations (input_ids [B*group, N],
+    each prompt continued by `group` consecutive rows, read as text), as if each row ran after its prompt in one
+    sequence (`hidden_states`); the prompts and their images run once, not `group` times. Returns ([B, P, D],
+    [B*group, N, D]); position_ids [3, rows, len] for both parts, attention masks 1 = real token."""
+    with rules_context(self.config.sharding_rules):
+      xp = self.embed(prefix_ids, pixel_values, image_grid_thw, image_features=image_features)
+      xn = self.language_model.embed_tokens(input_ids)
+      return self.language_model.with_prefix(xp, prefix_positions, prefix_mask, xn, position_ids, attention_mask,
+                                             group)
 
   def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
                position_ids=None) -> jax.Array:

@@ -7,6 +7,8 @@ tiny kernels: neither attention dot transposes the cache and the rotary angles c
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,6 +129,16 @@ def _run_layer(layer, x, cos, sin, mask):
   return layer(x, cos, sin, mask)[0]
 
 
+def _run_prefix_layer(layer, xp, xn, cos_p, sin_p, cos_n, sin_n, mask_p, mask_n, group):
+  """One layer over shared prefixes xp [B, P, D] and their continuations xn [B*group, N, D], which attend to their
+  prefix's keys and values (computed once, repeated over the group) and to each other."""
+  xp, (k, v) = layer(xp, cos_p, sin_p, mask_p)
+  pad = ((0, 0), (0, xn.shape[1]), (0, 0), (0, 0))
+  ck, cv = (jnp.pad(jnp.repeat(a, group, axis=0) if group > 1 else a, pad) for a in (k, v))
+  xn, _ = layer(xn, cos_n, sin_n, mask_n, (ck, cv), k.shape[1])
+  return xp, xn
+
+
 class TextDecoder(nnx.Module):
   """Embedding, decoder layers, final norm and LM head (or the tied embedding)."""
 
@@ -152,6 +164,26 @@ class TextDecoder(nnx.Module):
     for layer in self.layers:
       x = run(layer, x, cos, sin, mask)
     return self.norm(x)
+
+  def with_prefix(self, xp, pos_p, valid_p, xn, pos_n, valid_n, group: int) -> tuple[jax.Array, jax.Array]:
+    """Final normed hidden states of prefixes xp [B, P, D] and of their continuations xn [B*group, N, D] (each
+    prefix continued by `group` consecutive rows), as if each row of xn ran after its prefix in one sequence; the
+    prefix runs once, not `group` times. pos_* [3, rows, len] and valid_* [rows, len] as in __call__."""
+    n_prefix, length = xp.shape[1], xn.shape[1]
+    mask_p = jnp.tril(jnp.ones((n_prefix, n_prefix), bool))[None] & valid_p[:, None, :].astype(bool)
+    prefix_valid = jnp.repeat(valid_p.astype(bool), group, axis=0) if group > 1 else valid_p.astype(bool)
+    causal = jnp.tril(jnp.ones((length, length), bool))[None] & valid_n[:, None, :].astype(bool)
+    mask_n = jnp.concatenate([jnp.broadcast_to(prefix_valid[:, None, :], (xn.shape[0], length, n_prefix)), causal],
+                             axis=2)
+    cos_p, sin_p = mrope_cos_sin(pos_p, self.cfg)
+    cos_n, sin_n = mrope_cos_sin(pos_n, self.cfg)
+    run = functools.partial(_run_prefix_layer, group=group)
+    if self.remat_policy != "none":
+      run = nnx.remat(run, policy=REMAT[self.remat_policy], prevent_cse=True)
+    xp, xn = shard(xp, ("batch", "length", "act_embed")), shard(xn, ("batch", "length", "act_embed"))
+    for layer in self.layers:
+      xp, xn = run(layer, xp, xn, cos_p, sin_p, cos_n, sin_n, mask_p, mask_n)
+    return self.norm(xp), self.norm(xn)
 
   def cached(self, x, positions, mask, cache_k, cache_v, cache_index):
     """One pass over new tokens x [B, S, D] that reads and writes the KV cache; returns (hidden, ks, vs)."""

@@ -7,6 +7,7 @@ import optax
 from geojax import experiment
 from geojax import learners
 from geojax.models import grid_tuple
+from geojax.models.logprobs import token_logprobs
 from geojax.sampling import generate
 from tests.train.helpers import tiny_config
 
@@ -62,6 +63,70 @@ def test_a_completion_holding_the_image_token_is_read_as_text(tmp_path, builtin_
       ref.append(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, t:t + 1], axis=1)[:, 0])
       logits, cache = model.decode_one(tokens[:, t], cache)
   np.testing.assert_allclose(np.asarray(lp), np.stack([np.asarray(r) for r in ref], axis=1), atol=2e-4)
+
+
+def _rollout_case(tmp_path, builtin_dir, group=3, n_new=6):
+  """A tiny model, 2 image prompts and random completions of `group` rows each, as rollout_sequences lays them."""
+  config = tiny_config(str(tmp_path), builtin_dir)
+  mesh = experiment.setup_runtime(config)
+  tokenizer = experiment.load_tokenizer_for(config)
+  with jax.set_mesh(mesh):
+    model = experiment.build_model(config, tokenizer, mesh)
+  transform = experiment.example_transform(config, tokenizer, "rl")
+  batch = transform.collate([transform(r) for r in experiment.load_records(config, "train")[:2]])
+  prompt = {k: jnp.asarray(batch[k]) for k in learners.PROMPT_KEYS}
+  tokens = jax.random.randint(jax.random.key(1), (2 * group, n_new), 0, model.config.text.vocab_size)
+  lengths = jnp.asarray([n_new, 2, n_new, 4, 1, n_new][:2 * group], jnp.int32)
+  grid = tuple(g for g in grid_tuple(batch["image_grid_thw"]) for _ in range(group))
+  seq = learners.rollout_sequences(prompt, tokens, lengths, group)
+  return mesh, model, seq, grid, batch["input_ids"].shape[1], group
+
+
+def test_completion_logprobs_equal_the_full_sequence_ones(tmp_path, builtin_dir):
+  """The LM head on the completion positions only (token_logprobs start=, and completion_logprobs, whose prompt runs
+  once per group) gives the log-probs of those positions in a full pass over every row's whole sequence."""
+  mesh, model, seq, grid, prompt_len, group = _rollout_case(tmp_path, builtin_dir)
+  ids = seq["input_ids"]
+  inputs = ids[:, :-1]
+  image_mask = (inputs == model.config.image_token_id) & (jnp.arange(inputs.shape[1]) < prompt_len)[None]
+  pixels = seq["pixel_values"]
+  pixels = jnp.repeat(pixels.reshape(2, -1, pixels.shape[-1]), group, axis=0).reshape(-1, pixels.shape[-1])
+  args = (model, inputs, ids[:, 1:], seq["attention_mask"][:, :-1], pixels, grid, seq["position_ids"][:, :, :-1])
+  with jax.set_mesh(mesh):
+    full = token_logprobs(*args, image_mask=image_mask, chunk_size=7)
+    part = token_logprobs(*args, image_mask=image_mask, chunk_size=7, start=prompt_len - 1)
+    lp = learners.completion_logprobs(model, seq, grid, prompt_len, chunk_size=7)
+  assert part.shape == lp.shape == (ids.shape[0], ids.shape[1] - prompt_len)
+  np.testing.assert_allclose(np.asarray(part), np.asarray(full)[:, prompt_len - 1:], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(lp), np.asarray(full)[:, prompt_len - 1:], atol=1e-5)
+
+
+def test_vision_once_per_prompt_equals_the_repeated_pixels(tmp_path, builtin_dir):
+  """Each prompt (and its image) run once for its group: the log-probs and gradients of the path that runs every
+  row's copy of the pixels and prompt (pixel_values repeated per row, as rollout_sequences gave them before)."""
+  from flax import nnx
+  mesh, model, seq, grid, prompt_len, group = _rollout_case(tmp_path, builtin_dir)
+  pixels = seq["pixel_values"]
+  repeated = dict(seq, pixel_values=jnp.repeat(pixels.reshape(2, -1, pixels.shape[-1]), group, axis=0)
+                  .reshape(-1, pixels.shape[-1]))
+
+  def loss(s):
+    def fn(m):
+      lp = learners.completion_logprobs(m, s, grid, prompt_len)
+      return jnp.sum(lp * seq["completion_mask"]), lp
+    return fn
+
+  with jax.set_mesh(mesh):
+    (_, once), g_once = nnx.value_and_grad(loss(seq), has_aux=True)(model)
+    (_, rep), g_rep = nnx.value_and_grad(loss(repeated), has_aux=True)(model)
+  np.testing.assert_allclose(np.asarray(once), np.asarray(rep), atol=1e-5)
+  g_once, g_rep = dict(nnx.to_flat_state(nnx.state(g_once))), dict(nnx.to_flat_state(nnx.state(g_rep)))
+  assert g_once.keys() == g_rep.keys()
+  patch = [k for k in g_once if "patch_embed" in k]
+  assert patch and float(jnp.abs(g_once[patch[0]].get_value()).max()) > 0  # the vision tower gets gradients
+  for k in g_once:
+    np.testing.assert_allclose(np.asarray(g_once[k].get_value()), np.asarray(g_rep[k].get_value()), rtol=1e-4,
+                               atol=1e-6, err_msg=str(k))
 
 
 def test_gradient_accumulation_matches_one_batch():
