@@ -217,7 +217,7 @@ def completion_logprobs(model, seq: dict, grid: tuple, prompt_len: int, chunk_si
                                       ids[:, prompt_len:-1], mask[:, prompt_len:-1], pos[:, :, prompt_len:-1], group)
   last = jnp.repeat(hp[:, -1:], group, axis=0) if group > 1 else hp[:, -1:]  # predicts the first completion token
   return chunked_logprobs(jnp.concatenate([last, hn], axis=1), model.language_model.output_matrix(),
-                          ids[:, prompt_len:], chunk_size=chunk_size, compute_dtype=model.dtype)
+                          ids[:, prompt_len:], chunk_size=chunk_size, compute_dtype=model.dtype, checkpoint=False)
 
 
 def _group_of(grid: tuple, n_patches: int) -> int:

@@ -7,8 +7,8 @@
 `targets[b, t]` is the token predicted at position t (usually input_ids shifted left by one; the caller masks
 the positions it does not score). The decoder runs once; the LM head, log-sum-exp and target pick run over
 sequence chunks of `chunk_size` positions inside `jax.lax.map`, each chunk under `jax.checkpoint`, so the
-forward holds one [B, chunk, V] float32 block at a time and the backward recomputes it chunk by chunk (with a single
-chunk there is nothing to save and no recomputation: the backward reuses the forward's block).
+forward holds one [B, chunk, V] float32 block at a time and the backward recomputes it chunk by chunk
+(chunked_logprobs checkpoint=False skips that for a single chunk, where it saves no memory).
 Differentiable with respect to the model parameters (the GRPO loss takes gradients through it).
 """
 from __future__ import annotations
@@ -18,8 +18,10 @@ import jax.numpy as jnp
 
 
 def chunked_logprobs(hidden: jax.Array, output: jax.Array, targets: jax.Array, *, chunk_size: int = 256,
-                     temperature: float = 1.0, compute_dtype=None) -> jax.Array:
-  """log p(targets) [B, L] from hidden states [B, L, D] and the output matrix [D, V], chunked over L."""
+                     temperature: float = 1.0, compute_dtype=None, checkpoint: bool = True) -> jax.Array:
+  """log p(targets) [B, L] from hidden states [B, L, D] and the output matrix [D, V], chunked over L.
+  checkpoint=False with a single chunk: no jax.checkpoint (it would only recompute that block in the backward,
+  holding no less memory; False keeps the forward's block for the backward, one [B, L, V] matmul fewer)."""
   batch, length, dim = hidden.shape
   chunk = max(1, min(chunk_size, length))
   n_chunks = -(-length // chunk)
@@ -35,7 +37,7 @@ def chunked_logprobs(hidden: jax.Array, output: jax.Array, targets: jax.Array, *
     picked = jnp.take_along_axis(logits, t_chunk[..., None], axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
-  if n_chunks == 1:  # one block: a checkpoint would only recompute it in the backward, holding no less memory
+  if n_chunks == 1 and not checkpoint:
     return one(output, h[0], t[0])[:, :length]
   one = jax.checkpoint(one)
   out = jax.lax.map(lambda xs: one(output, *xs), (h, t))  # [n_chunks, B, chunk]
