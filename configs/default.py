@@ -1,9 +1,8 @@
 """The main job: a tiny Qwen2-VL-style model (random init) learns to geolocate the built-in map tiles.
 
 SFT on the answer text, then GRPO with a distance reward, then evaluation on the held-out split; the metric
-table is printed for the untrained model, after SFT and after GRPO. About 8 minutes and 14 CPU-minutes on an
-idle 2-core CPU (README: The main job).
-Its settings are the defaults of every key (geojax/config_schema.py, each with its reason); `--print_config`
+table is printed for the untrained model, after SFT and after GRPO. About 11 CPU-minutes on a 2-core CPU
+(README: The main job). Its settings are the defaults of every key (geojax/config_schema.py, each with its reason); `--print_config`
 lists them.
 
   python -m geojax.train --config=configs/default.py            # the main job
