@@ -2,8 +2,8 @@
 
 SFT on the answer text, then GRPO with a distance reward, then evaluation on the held-out split; the metric
 table is printed for the untrained model, after SFT and after GRPO. About 11 CPU-minutes on a 2-core CPU
-(README: The main job). Its settings are the defaults of every key (geojax/config_schema.py, each with its reason); `--print_config`
-lists them.
+(README: The main job). Its settings are the defaults of every key (geojax/config_schema.py, each with its
+reason); `--print_config` lists them.
 
   python -m geojax.train --config=configs/default.py            # the main job
   python -m geojax.train --config=configs/default.py:ci         # the whole path in ~1.5 CPU-minutes
