@@ -200,7 +200,7 @@ def rollout_sequences(prompt: dict, tokens: jax.Array, lengths: jax.Array, group
 def completion_logprobs(model, seq: dict, grid: tuple, prompt_len: int, chunk_size: int = 256) -> jax.Array:
   """[B*G, N] log-probabilities of the completion tokens of `seq` (rollout_sequences) under `model`.
 
-  `grid` holds the image grid of every row (group-major: each prompt's G rows together). seq["pixel_values"] holds
+  `grid` holds the image grids of the rows, each image's G times in a run (`Sampled.shape`). seq["pixel_values"] holds
   each prompt's image once (rollout_sequences), or once per row (then each row is its own prompt); G is read from
   the shapes. The G rows of a prompt share it, so the prompt and its image run through the model once
   (`QwenVL.prefix_hidden_states`: the same values as G full sequences, up to rounding), and the LM head runs on the
