@@ -12,21 +12,26 @@ from geojax.sampling import generate
 from tests.train.helpers import tiny_config
 
 
-def test_training_logprobs_equal_sampling_logprobs(tmp_path, builtin_dir):
+def _tiny_prompts(tmp_path, builtin_dir, n: int):
+  """A random tiny model on the mesh, its tokenizer, and the first n training records as a collated RL batch."""
   config = tiny_config(str(tmp_path), builtin_dir)
   mesh = experiment.setup_runtime(config)
   tokenizer = experiment.load_tokenizer_for(config)
   with jax.set_mesh(mesh):
     model = experiment.build_model(config, tokenizer, mesh)
-    records = experiment.load_records(config, "train")[:3]
-    transform = experiment.example_transform(config, tokenizer, "rl")
-    batch = transform.collate([transform(r) for r in records])
+  transform = experiment.example_transform(config, tokenizer, "rl")
+  batch = transform.collate([transform(r) for r in experiment.load_records(config, "train")[:n]])
+  return mesh, model, tokenizer, batch, {k: jnp.asarray(batch[k]) for k in learners.PROMPT_KEYS}
+
+
+def test_training_logprobs_equal_sampling_logprobs(tmp_path, builtin_dir):
+  mesh, model, tokenizer, batch, prompt = _tiny_prompts(tmp_path, builtin_dir, 3)
+  with jax.set_mesh(mesh):
     group = 4
     out = generate(model, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                    batch["image_grid_thw"], position_ids=batch["position_ids"], max_new_tokens=10, temperature=1.0,
                    rng=jax.random.key(3), eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
                    num_samples=group)
-    prompt = {k: jnp.asarray(batch[k]) for k in learners.PROMPT_KEYS}
     seq = learners.rollout_sequences(prompt, out.tokens, out.lengths, group)
     grid = tuple(g for g in grid_tuple(batch["image_grid_thw"]) for _ in range(group))
     lp = learners.completion_logprobs(model, seq, grid, batch["input_ids"].shape[1])
@@ -40,17 +45,11 @@ def test_a_completion_holding_the_image_token_is_read_as_text(tmp_path, builtin_
   """A sampled image-pad id in a completion is text to the sampler; the training pass must read it the same way,
   and it must not shift the image features of the rows after it. Reference: the model's own cached decode path
   (prefill, then one token at a time), teacher-forced on the same completions."""
-  config = tiny_config(str(tmp_path), builtin_dir)
-  mesh = experiment.setup_runtime(config)
-  tokenizer = experiment.load_tokenizer_for(config)
+  mesh, model, _, batch, prompt = _tiny_prompts(tmp_path, builtin_dir, 2)
   with jax.set_mesh(mesh):
-    model = experiment.build_model(config, tokenizer, mesh)
-    transform = experiment.example_transform(config, tokenizer, "rl")
-    batch = transform.collate([transform(r) for r in experiment.load_records(config, "train")[:2]])
     image = model.config.image_token_id
     tokens = jnp.asarray([[17, image, 23, image, 5], [9, 31, 12, 40, 6]], jnp.int32)
     lengths = jnp.asarray([5, 5], jnp.int32)
-    prompt = {k: jnp.asarray(batch[k]) for k in learners.PROMPT_KEYS}
     grid = grid_tuple(batch["image_grid_thw"])
     prompt_len = batch["input_ids"].shape[1]
     lp = learners.completion_logprobs(model, learners.rollout_sequences(prompt, tokens, lengths, 1), grid, prompt_len)
@@ -67,14 +66,7 @@ def test_a_completion_holding_the_image_token_is_read_as_text(tmp_path, builtin_
 
 def _rollout_case(tmp_path, builtin_dir, group=3, n_new=6):
   """A tiny model, 2 image prompts and random completions of `group` rows each, as rollout_sequences lays them."""
-  config = tiny_config(str(tmp_path), builtin_dir)
-  mesh = experiment.setup_runtime(config)
-  tokenizer = experiment.load_tokenizer_for(config)
-  with jax.set_mesh(mesh):
-    model = experiment.build_model(config, tokenizer, mesh)
-  transform = experiment.example_transform(config, tokenizer, "rl")
-  batch = transform.collate([transform(r) for r in experiment.load_records(config, "train")[:2]])
-  prompt = {k: jnp.asarray(batch[k]) for k in learners.PROMPT_KEYS}
+  mesh, model, _, batch, prompt = _tiny_prompts(tmp_path, builtin_dir, 2)
   tokens = jax.random.randint(jax.random.key(1), (2 * group, n_new), 0, model.config.text.vocab_size)
   lengths = jnp.asarray([n_new, 2, n_new, 4, 1, n_new][:2 * group], jnp.int32)
   grid = tuple(g for g in grid_tuple(batch["image_grid_thw"]) for _ in range(group))
