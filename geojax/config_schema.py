@@ -15,6 +15,23 @@ import ml_collections
 
 from geojax.config import ConfigError, check_choice, check_range, get
 
+
+def _optimizer(*, lr: float, warmup_steps: int, schedule: str, min_lr_ratio: float) -> dict[str, Any]:
+  """The optimizer and schedule keys SFT and GRPO share, with their stage's defaults."""
+  return {
+      "lr": (lr, "peak AdamW learning rate"),
+      "warmup_steps": (warmup_steps, "linear warmup steps"),
+      "warmup_ratio": (0.0, "warmup as a fraction of the steps, used instead of warmup_steps when > 0"),
+      "schedule": (schedule, "learning-rate decay after warmup: cosine | linear | constant"),
+      "min_lr_ratio": (min_lr_ratio, "final learning rate as a fraction of lr"),
+      "weight_decay": (0.0, "AdamW decoupled weight decay"),
+      "b1": (0.9, "AdamW beta1"),
+      "b2": (0.98, "AdamW beta2"),
+      "grad_clip": (1.0, "global gradient-norm clip (0: off)"),
+      "freeze_vision": (False, "train only the language model, not the vision tower"),
+  }
+
+
 # A section is a dict; a key is (default, description); a dict default is an open map (its keys vary by config).
 # The defaults are the main job's settings; comments give the reasons for the tuned ones.
 _SCHEMA: dict[str, Any] = {
@@ -72,16 +89,7 @@ _SCHEMA: dict[str, Any] = {
         "steps": (1000, "optimizer steps"),
         "batch_size": (32, "examples per step, over all devices"),
         "grad_accum": (1, "micro-batches per step; divides sft.batch_size"),
-        "lr": (3e-3, "peak AdamW learning rate"),
-        "warmup_steps": (20, "linear warmup steps"),
-        "warmup_ratio": (0.0, "warmup as a fraction of the steps, used instead of warmup_steps when > 0"),
-        "schedule": ("cosine", "learning-rate decay after warmup: cosine | linear | constant"),
-        "min_lr_ratio": (0.1, "final learning rate as a fraction of lr"),
-        "weight_decay": (0.0, "AdamW decoupled weight decay"),
-        "b1": (0.9, "AdamW beta1"),
-        "b2": (0.98, "AdamW beta2"),
-        "grad_clip": (1.0, "global gradient-norm clip (0: off)"),
-        "freeze_vision": (False, "train only the language model, not the vision tower"),
+        **_optimizer(lr=3e-3, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1),
         "max_target_len": (16, "answer tokens of an SFT target (longer answers are shortened)"),
     },
     "grpo": {
@@ -94,16 +102,7 @@ _SCHEMA: dict[str, Any] = {
                                    "before the first, so the clip binds"),
         "minibatches": (1, "optimizer updates per pass, each on 1/minibatches of the rollout's prompts"),
         # 2e-4 drifted below the (now much better) SFT model on seed 0
-        "lr": (1e-4, "peak AdamW learning rate"),
-        "warmup_steps": (5, "linear warmup steps"),
-        "warmup_ratio": (0.0, "warmup as a fraction of the steps, used instead of warmup_steps when > 0"),
-        "schedule": ("constant", "learning-rate decay after warmup: cosine | linear | constant"),
-        "min_lr_ratio": (1.0, "final learning rate as a fraction of lr"),
-        "weight_decay": (0.0, "AdamW decoupled weight decay"),
-        "b1": (0.9, "AdamW beta1"),
-        "b2": (0.98, "AdamW beta2"),
-        "grad_clip": (1.0, "global gradient-norm clip (0: off)"),
-        "freeze_vision": (False, "train only the language model, not the vision tower"),
+        **_optimizer(lr=1e-4, warmup_steps=5, schedule="constant", min_lr_ratio=1.0),
         # 0.7: rollouts near the greedy answer that evaluation scores
         "temperature": (0.7, "sampling temperature of the rollouts (> 0: a group needs different samples)"),
         "top_k": (0, "sample among the k most likely tokens (0: all)"),
