@@ -7,7 +7,6 @@ tiny kernels: neither attention dot transposes the cache and the rotary angles c
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -177,7 +176,9 @@ class TextDecoder(nnx.Module):
                              axis=2)
     cos_p, sin_p = mrope_cos_sin(pos_p, self.cfg)
     cos_n, sin_n = mrope_cos_sin(pos_n, self.cfg)
-    run = functools.partial(_run_prefix_layer, group=group)
+
+    def run(layer, *args):  # group stays a Python int: nnx.remat takes positional arguments only
+      return _run_prefix_layer(layer, *args, group=group)
     if self.remat_policy != "none":
       run = nnx.remat(run, policy=REMAT[self.remat_policy], prevent_cse=True)
     xp, xn = shard(xp, ("batch", "length", "act_embed")), shard(xn, ("batch", "length", "act_embed"))
