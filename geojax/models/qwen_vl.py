@@ -220,13 +220,14 @@ class QwenVL(nnx.Module):
     return dict(cache, k=k, v=v, valid=jnp.pad(rep(cache["valid"]), ((0, 0), (0, extra))),
                 next_pos=rep(cache["next_pos"]))
 
-  def decode_one(self, tokens, cache: dict, head=None) -> tuple[jax.Array, dict]:
+  def decode_one(self, tokens, cache: dict, head=None, layers=None) -> tuple[jax.Array, dict]:
     """`decode_step(tokens, None, cache)` over a `decode_cache` cache: float32 logits [B, V] of the token after
     `tokens` [B], written at slot cache["index"] and position cache["next_pos"] (both advanced). `head` [D, V], if
     given, replaces the output matrix (e.g. a transposed copy of a tied embedding, which XLA:CPU multiplies
-    1.3-1.6x faster than the [V, D] embedding)."""
+    1.3-1.6x faster than the [V, D] embedding). `layers`, if given, is `language_model.layer_list()`, the layers as
+    separate modules (see `TextDecoder.decode`)."""
     index, positions = cache["index"], cache["next_pos"]
     valid = jax.lax.dynamic_update_slice(cache["valid"], jnp.ones((tokens.shape[0], 1), bool), (0, index))
     with rules_context(self.config.sharding_rules):
-      logits, k, v = self.language_model.decode(tokens, positions, cache["k"], cache["v"], valid, index, head)
+      logits, k, v = self.language_model.decode(tokens, positions, cache["k"], cache["v"], valid, index, head, layers)
     return logits, dict(cache, k=k, v=v, valid=valid, index=index + 1, next_pos=positions + 1)

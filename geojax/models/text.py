@@ -76,20 +76,21 @@ class Attention(nnx.Module):
     out = masked_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
     return self.o_proj(out), (k, v)
 
-  def decode(self, x, cos, sin, k_cache, v_cache, valid, index):
-    """One token per row: x [B, D], cos/sin [B, hd]; writes its key/value at slot `index` of the decode-layout
-    cache (K [B, KV, hd, T], V [B, KV, T, hd]) and attends over the slots `valid` [B, T] marks (the new one
-    included). Returns (out [B, D], (k_cache, v_cache))."""
+  def decode(self, x, cos, sin, k_cache, v_cache, valid, index, layer):
+    """One token per row: x [B, D], cos/sin [B, hd]; writes its key/value at slot `index` of layer `layer` of the
+    stacked decode-layout caches (K [N, B, KV, hd, T], V [N, B, KV, T, hd]; in place, so that a scan over layers
+    copies no cache) and attends over that layer's slots `valid` [B, T] marks (the new one included). Returns
+    (out [B, D], (k_cache, v_cache))."""
     batch = x.shape[0]
     kv_heads, head_dim = self.k_proj.out_shape
     q = self.q_proj(x).reshape(batch, kv_heads, -1, head_dim)  # head = kv_head * groups + g
     q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(self.k_proj(x), cos, sin)
     v = self.v_proj(x)
-    k_cache = shard(jax.lax.dynamic_update_slice(k_cache, k[..., None].astype(k_cache.dtype), (0, 0, 0, index)),
-                    K_AXES)
-    v_cache = shard(jax.lax.dynamic_update_slice(v_cache, v[:, :, None].astype(v_cache.dtype), (0, 0, index, 0)),
-                    V_AXES)
-    out = one_query_attention(q, k_cache, v_cache, valid)
+    k_cache = shard(jax.lax.dynamic_update_slice(k_cache, k[None, ..., None].astype(k_cache.dtype),
+                                                 (layer, 0, 0, 0, index)), stacked(K_AXES))
+    v_cache = shard(jax.lax.dynamic_update_slice(v_cache, v[None, :, :, None].astype(v_cache.dtype),
+                                                 (layer, 0, 0, index, 0)), stacked(V_AXES))
+    out = one_query_attention(q, k_cache[layer], v_cache[layer], valid)
     return self.o_proj(out.reshape(batch, -1, head_dim)), (k_cache, v_cache)
 
 
@@ -120,9 +121,9 @@ class DecoderLayer(nnx.Module):
     x = x + self.mlp(self.post_attention_layernorm(x))
     return shard(x, ("batch", "length", "act_embed")), kv
 
-  def decode(self, x, cos, sin, k_cache, v_cache, valid, index):
-    """The same layer for one token per row x [B, D] over the decode-layout cache (see `Attention.decode`)."""
-    attn, kv = self.self_attn.decode(self.input_layernorm(x), cos, sin, k_cache, v_cache, valid, index)
+  def decode(self, x, cos, sin, k_cache, v_cache, valid, index, layer):
+    """The same layer for one token per row x [B, D] over the stacked decode-layout caches (`Attention.decode`)."""
+    attn, kv = self.self_attn.decode(self.input_layernorm(x), cos, sin, k_cache, v_cache, valid, index, layer)
     x = x + attn
     x = x + self.mlp(self.post_attention_layernorm(x)[:, None])[:, 0]  # the MLP takes [B, L, D]
     return shard(x, ("batch", "act_embed")), kv
@@ -207,25 +208,35 @@ class TextDecoder(nnx.Module):
     (x, cache_k, cache_v), _ = scan.scan(self.layers, body, (x, cache_k, cache_v), jnp.arange(self.cfg.num_layers))
     return self.norm(x), cache_k, cache_v
 
-  def decode(self, tokens, positions, cache_k, cache_v, valid, index, head=None):
+  def decode(self, tokens, positions, cache_k, cache_v, valid, index, head=None, layers=None):
     """Logits float32 [B, V] of the token after `tokens` [B] at rotary `positions` [B], writing slot `index` of
     the decode-layout caches (stacked over layers: K [num_layers, B, KV, hd, T], V [num_layers, B, KV, T, hd]);
-    returns (logits, cache_k, cache_v). `head` [D, V], if given, replaces the output matrix."""
+    returns (logits, cache_k, cache_v). `head` [D, V], if given, replaces the output matrix. `layers` (from
+    `layer_list`), if given, run one after another in place of the scan over the stacked layers: with copies made
+    once before a decode loop, no step slices the weights out of the stack (which XLA:CPU copies)."""
     cos, sin = rope_cos_sin(positions, self.cfg)
     x = shard(self.embed_tokens(tokens), ("batch", "act_embed"))
 
     def body(layer, carry, i):
       x, ks, vs = carry
-      x, (k, v) = layer.decode(x, cos, sin, ks[i], vs[i], valid, index)
-      return (x, _write_slots(ks, k, i, index, 1, 3, K_AXES), _write_slots(vs, v, i, index, 1, 2, V_AXES)), None
+      x, (ks, vs) = layer.decode(x, cos, sin, ks, vs, valid, index, i)
+      return (x, ks, vs), None
 
-    (x, cache_k, cache_v), _ = scan.scan(self.layers, body, (x, cache_k, cache_v), jnp.arange(self.cfg.num_layers))
+    if layers is None:
+      (x, cache_k, cache_v), _ = scan.scan(self.layers, body, (x, cache_k, cache_v), jnp.arange(self.cfg.num_layers))
+    else:
+      for i, layer in enumerate(layers):
+        (x, cache_k, cache_v), _ = body(layer, (x, cache_k, cache_v), i)
     hidden = self.norm(x)
     if head is None:
       logits = self.logits(hidden)
     else:
       logits = jnp.dot(hidden.astype(self.dtype), head.astype(self.dtype), preferred_element_type=jnp.float32)
     return logits, cache_k, cache_v
+
+  def layer_list(self) -> list[DecoderLayer]:
+    """The layers as separate modules (slices of the stacked parameters, copied once), for `decode` on CPU."""
+    return [scan.layer(self.layers, i) for i in range(self.cfg.num_layers)]
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """float32 logits [..., V] of final hidden states."""
