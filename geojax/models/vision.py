@@ -188,9 +188,9 @@ class PatchMerger(nnx.Module):
 
 
 class VisionTower(nnx.Module):
-  """Patch embedding, the blocks (one `scan.stack`, run as a scan) and the patch merger. In Qwen2.5-VL, which
-  blocks attend over whole frames rather than windows (`fullatt_block_indexes`) is a per-block flag scanned with the
-  parameters; a block whose flag is traced picks its segments with `jax.lax.cond`."""
+  """Patch embedding, the blocks (one `scan.stack`, run as a scan) and the patch merger. In Qwen2.5-VL, whether a
+  block attends over whole frames or over windows (`fullatt_block_indexes`) is a per-block flag scanned with the
+  parameters, and each block picks its segments with `jax.lax.cond` on it (no branch when all blocks agree)."""
 
   def __init__(self, cfg: VisionConfig, version: str, *, remat_policy: str = "none", dtype, param_dtype,
                rngs: nnx.Rngs):
