@@ -31,7 +31,7 @@ from geojax.models import load_hf  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from geojax.sampling import Sampler  # noqa: E402
-from geojax.models import testing  # noqa: E402
+from geojax.models import scan, testing  # noqa: E402
 
 SIZES = {
     # ~2M parameters: the size of the unit-test models, where per-step overhead dominates.
@@ -162,7 +162,7 @@ def matmul_floor(model, batch: int, cache_len: int, steps: int, reps: int = 5) -
   flat = lambda dense: dense.kernel[...].reshape(int(np.prod(dense.in_shape)), -1)
   layers = [(flat(layer.self_attn.q_proj), flat(layer.self_attn.k_proj), flat(layer.self_attn.v_proj),
              flat(layer.self_attn.o_proj), flat(layer.mlp.gate_proj), flat(layer.mlp.up_proj),
-             flat(layer.mlp.down_proj)) for layer in text.layers]
+             flat(layer.mlp.down_proj)) for layer in (scan.layer(text.layers, i) for i in range(cfg.num_layers))]
   head = text.embed_tokens.embedding[...].T if text.lm_head is None else flat(text.lm_head)
   kv, groups, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
   keys = jnp.ones((batch, kv, hd, cache_len), jnp.float32) / cache_len

@@ -3,7 +3,8 @@
 Traced inside `Sampler`'s jit with everything static in a `Plan`. The KV cache is created inside and never crosses
 the jit boundary (nothing to donate): XLA updates it in place across the while loop. The model prefills a
 prompt-length cache (attention over P keys, not P + N), then `decode_cache` repeats it G times (`tile="cache"`)
-and lays it out for `decode_one`, its cheaper one-token step.
+and lays it out for `decode_one`, its cheaper one-token step (over the scanned layers, or with `Plan.layer_list`
+over per-layer copies of their parameters sliced once before the loop).
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class Plan:
   grid: tuple[tuple[int, int, int], ...] | None
   noise_ahead: bool  # draw every step's sampling noise before the loop (see sampler.NOISE_AHEAD_MAX)
   row_images: tuple[int, ...] | None = None  # images of each prompt row (tile="prompt" with images)
+  layer_list: bool = False  # decode from per-layer copies of the stacked layers (see sampler.Sampler: CPU)
 
 
 def _repeat_rows(x: jax.Array, times: int, axis: int = 0) -> jax.Array:
@@ -119,9 +121,11 @@ def sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, rn
     t, _, done, _, _ = carry
     return (t < steps) & ~jnp.all(done)
 
+  layers = model.language_model.layer_list() if plan.layer_list else None  # sliced once, before the loop
+
   def step(carry):
     t, token, done, cache, out = carry
-    logits, cache = model.decode_one(token, cache, head)
+    logits, cache = model.decode_one(token, cache, head, layers)
     pick = choose(logits, jax.random.fold_in(rng, t), plan.settings, step_noise(t))
     done, out = record(t, pick, done, out)
     return t + 1, pick.token, done, cache, out

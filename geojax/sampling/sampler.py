@@ -130,6 +130,10 @@ class Sampler:
     graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
     self.graph = _Graph(graphdef)
     self._tied_cpu = model.language_model.lm_head is None and jax.default_backend() == "cpu"
+    # On CPU the decode loop runs the layers one by one from copies sliced once per call: in a scan over the stacked
+    # layers each step would copy every layer's weights out of the stack (XLA:CPU does not fuse that slice into its
+    # dots), 1.3-1.8x the per-step time of the toy and mid-size models (BENCHMARKS.md, scanned layers).
+    self._layer_list = jax.default_backend() == "cpu"
     self._head: dict = {}  # {"embedding": weak reference, "head": its [D, V] transpose}, of the last call
 
   def __call__(self, params=None, input_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
@@ -181,7 +185,7 @@ class Sampler:
     row_images = (self._row_images(input_ids, grid) if self.tile == "prompt" and pixel_values is not None
                   else None)
     plan = Plan(self.max_new_tokens, self.settings, self.eos_ids, self.pad_id, self.num_samples, self.tile,
-                None if pixel_values is None else grid, noise_ahead, row_images)
+                None if pixel_values is None else grid, noise_ahead, row_images, self._layer_list)
     params = self.params if params is None else params
     embedding = _embedding(params)
     call = functools.partial(_sample_jit, self.graph, params, self.rest, input_ids, attention_mask, position_ids,
