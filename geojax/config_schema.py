@@ -211,10 +211,11 @@ def format_config(config: ml_collections.ConfigDict) -> str:
 # ---- validate ---------------------------------------------------------------------------------------------------
 
 
-def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
+def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_weights: bool = True) -> None:
   """Rejects a bad config before any work with a ConfigError naming the key. Every entry point runs it.
 
   reads_data: whether the entry point reads the dataset (train, eval; not export), so that data.dir must exist.
+  needs_weights: whether it loads the model's weights (all but geojax.plan, which compiles with shapes only).
   """
   from geojax.data.chat import ANSWER_FORMATS, PROMPTS
   from geojax.experiment import DTYPES
@@ -241,12 +242,12 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
   check_choice(c, "model.preset", ["tiny", *PRESETS])
   check_choice(c, "model.dtype", list(DTYPES))
   check_choice(c, "model.param_dtype", list(DTYPES))
-  if m.preset != "tiny" and not m.hf_path:
+  if m.preset != "tiny" and not m.hf_path and needs_weights:
     raise ConfigError(f"config key 'model.hf_path' is empty: preset {m.preset!r} needs pretrained weights "
                       "(a local Hugging Face directory)")
   if m.hf_path and not os.path.isdir(m.hf_path):
     raise ConfigError(f"config key 'model.hf_path' is {m.hf_path!r}: not a directory")
-  if not m.tokenizer and not m.hf_path:
+  if not m.tokenizer and not m.hf_path and needs_weights:
     raise ConfigError("config key 'model.tokenizer' is empty and so is model.hf_path, the tokenizer's fallback")
   if m.tokenizer not in ("", "tiny", "qwen2") and not os.path.exists(m.tokenizer):
     raise ConfigError(f"config key 'model.tokenizer' is {m.tokenizer!r}: expected tiny, qwen2 or a local HF directory")
