@@ -83,6 +83,9 @@ _SCHEMA: dict[str, Any] = {
         "decimals": (0, "digits of the coordinates written in answer texts"),
         "min_pixels": (56 * 56, "images are resized to at least this many pixels (Qwen-VL smart resize)"),
         "max_pixels": (56 * 56, "images are resized to at most this many pixels"),
+        "grid_buckets": ((), "image grids (h, w) in 14-pixel patches, even numbers, each photo resized to the one "
+                             "nearest its aspect ratio: a run compiles for these shapes only; empty: each photo's own "
+                             "grid within min/max_pixels"),
     },
     "sft": {
         # the image->place mapping is still improving fast at 600-900 steps
@@ -274,6 +277,11 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
   check_range(c, "data.workers", 0)
   check_range(c, "data.min_pixels", 1)
   check_range(c, "data.max_pixels", d.min_pixels)
+  for bucket in d.grid_buckets:
+    if (not isinstance(bucket, (tuple, list)) or len(bucket) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 and x % 2 == 0 for x in bucket)):
+      raise ConfigError(f"config key 'data.grid_buckets' holds {bucket!r}; expected (h, w) pairs of positive even "
+                        "patch counts")
   check_range(c, "data.decimals", 0, 8)
 
   for stage in STAGES:

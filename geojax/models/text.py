@@ -7,8 +7,6 @@ tiny kernels: neither attention dot transposes the cache and the rotary angles c
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,7 +175,7 @@ class TextDecoder(nnx.Module):
                              axis=2)
     cos_p, sin_p = mrope_cos_sin(pos_p, self.cfg)
     cos_n, sin_n = mrope_cos_sin(pos_n, self.cfg)
-    run = functools.partial(_run_prefix_layer, group=group)
+    run = lambda *args: _run_prefix_layer(*args, group)  # noqa: E731 (nnx.remat takes no keyword arguments)
     if self.remat_policy != "none":
       run = nnx.remat(run, policy=REMAT[self.remat_policy], prevent_cse=True)
     xp, xn = shard(xp, ("batch", "length", "act_embed")), shard(xn, ("batch", "length", "act_embed"))
