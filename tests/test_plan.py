@@ -84,22 +84,21 @@ def test_reduce_depth_keeps_a_full_attention_block():
 
 def test_prefix_pass_under_remat():
   """The GRPO pass over shared prompts runs under the presets' remat policy ("full"), values unchanged."""
-  from geojax.models import QwenVL
   from geojax.models.presets import tiny_config
+  from geojax.models.text import TextDecoder
+  decoder = TextDecoder(tiny_config(vocab_size=256, num_layers=1).text, dtype=jnp.float32, param_dtype=jnp.float32,
+                        rngs=nnx.Rngs(0))
+  xp, xn = jnp.ones((1, 5, 64)), jnp.ones((2, 3, 64))
+  pos_p, pos_n = jnp.broadcast_to(jnp.arange(5), (3, 1, 5)), jnp.broadcast_to(5 + jnp.arange(3), (3, 2, 3))
+
+  def loss(m):
+    hp, hn = m.with_prefix(xp, pos_p, jnp.ones((1, 5)), xn, pos_n, jnp.ones((2, 3)), 2)
+    return hp.sum() + (hn ** 2).sum()
+
   out = {}
   for policy in ("none", "full"):
-    model = QwenVL(tiny_config(vocab_size=256, image_token_id=250, video_token_id=251, vision_start_token_id=252,
-                               vision_end_token_id=253, eos_token_id=254, bos_token_id=None, remat_policy=policy),
-                   rngs=nnx.Rngs(0))
-    xp, xn = jnp.ones((1, 5, 64)), jnp.ones((2, 3, 64))
-    pos_p = jnp.broadcast_to(jnp.arange(5), (3, 1, 5))
-    pos_n = jnp.broadcast_to(5 + jnp.arange(3), (3, 2, 3))
-
-    def loss(m):
-      hp, hn = m.language_model.with_prefix(xp, pos_p, jnp.ones((1, 5)), xn, pos_n, jnp.ones((2, 3)), 2)
-      return hp.sum() + (hn ** 2).sum()
-
-    out[policy] = nnx.jit(nnx.value_and_grad(loss))(model)
+    decoder.remat_policy = policy
+    out[policy] = nnx.jit(nnx.value_and_grad(loss))(decoder)
   np.testing.assert_allclose(out["none"][0], out["full"][0], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), out["none"][1], out["full"][1])
 
