@@ -82,6 +82,7 @@ class Target:
 def tpu_target(topology: str, hbm_gib: float = 0.0) -> Target:
   """The devices of a TPU slice such as "v5e:4x8", from the TPU compiler (libtpu) without a TPU."""
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server to ask on a machine without a TPU
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no TPU to lock: plans may run side by side
   from jax.experimental import topologies
   try:
     devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices

@@ -50,6 +50,10 @@ def test_abstract_state_is_sharded_like_the_real_one(tmp_path):
   assert sharded  # the AdamW moments are FSDP-sharded, not replicated
   assert plan_lib.per_chip_bytes(real.state["params"]) == sum(
       x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(real.state["params"]))
+  # what geojax.models.memory assumes: the reference is a float32 copy, AdamW keeps two float32 moments
+  params = plan_lib.per_chip_bytes(state["params"])
+  assert plan_lib.per_chip_bytes(ref) == params and {x.dtype for x in jax.tree.leaves(ref)} == {np.dtype("float32")}
+  assert plan_lib.per_chip_bytes(state["opt_state"]) == pytest.approx(2 * params, abs=64)  # + AdamW's step counts
 
 
 def test_plan_cpu_devices(capsys):
