@@ -50,6 +50,7 @@ from geojax import config as gconfig
 from geojax.config_schema import validate
 
 PROGRAMS = ("sft_step", "grpo_step", "reference", "generate")
+COMPILE_ORDER = ("grpo_step", "sft_step", "generate", "reference")  # the likeliest not to fit first
 GIB = 1 << 30
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 _COLLECTIVE_RE = re.compile(r"\b(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
@@ -410,10 +411,11 @@ def plan(config: ml_collections.ConfigDict, target: Target, programs=None, **bui
     raise gconfig.ConfigError(f"--programs: unknown {unknown}; known: {list(PROGRAMS)}")
   lowered, info = build_programs(config, target, programs, **build_kw)
   results = {}
-  for program in lowered:
-    results[program.name] = compile_program(program, target)
-    print(f"[plan] {program.name}: {results[program.name]['per_chip_gib']:.2f} GiB per chip, compiled in "
-          f"{results[program.name]['compile_s']:.1f}s", flush=True)
+  for program in sorted(lowered, key=lambda p: COMPILE_ORDER.index(p.name)):
+    r = results[program.name] = compile_program(program, target)
+    print(f"[plan] {program.name}: {r['per_chip_gib']:.2f} GiB per chip, compiled in {r['compile_s']:.1f}s "
+          f"({r['compile_cpu_s']:.0f} CPU-s) {json.dumps(r)}", flush=True)
+  results = {name: results[name] for name in PROGRAMS if name in results}
   print(f"\n{target.name} ({len(target.devices)} chips, {target.hbm_gib:g} GiB each), mesh {info['mesh']}, "
         f"{info['params_b']}B params ({info['text_layers']} text layers, {info['vision_depth']} vision blocks), "
         f"photo {info['photo'][0]}x{info['photo'][1]} (grid {info['image_grid']})")
