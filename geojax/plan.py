@@ -320,7 +320,7 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
       learner.close()
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   grid = grid_tuple(example_batch(config, tokenizer, "rl", 1, photo)["image_grid_thw"])[0]
-  info = {"mesh": dict(mesh.shape), "params_b": round(n_params / 1e9, 3), "photo": list(photo),
+  info = {"mesh": dict(mesh.shape), "params": n_params, "photo": list(photo),
           "image_grid": list(grid), "text_layers": arch.text.num_layers, "vision_depth": arch.vision.depth}
   return out, info
 
@@ -417,11 +417,11 @@ def plan(config: ml_collections.ConfigDict, target: Target, programs=None, **bui
           f"({r['compile_cpu_s']:.0f} CPU-s) {json.dumps(r)}", flush=True)
   results = {name: results[name] for name in PROGRAMS if name in results}
   print(f"\n{target.name} ({len(target.devices)} chips, {target.hbm_gib:g} GiB each), mesh {info['mesh']}, "
-        f"{info['params_b']}B params ({info['text_layers']} text layers, {info['vision_depth']} vision blocks), "
-        f"photo {info['photo'][0]}x{info['photo'][1]} (grid {info['image_grid']})")
+        f"{info['params'] / 1e9:.3g}B params ({info['text_layers']} text layers, {info['vision_depth']} vision "
+        f"blocks), photo {info['photo'][0]}x{info['photo'][1]} (grid {info['image_grid']})")
   print(format_table(results, target.hbm_gib))
   return {"topology": target.name, "chips": len(target.devices), "chip_hbm_gib": target.hbm_gib, **info,
-          "programs": {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+          "programs": {name: {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in r.items()}
                        for name, r in results.items()},
           "fits": all(r["per_chip_gib"] <= target.hbm_gib for r in results.values())}
 
