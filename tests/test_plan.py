@@ -57,14 +57,15 @@ def test_abstract_state_is_sharded_like_the_real_one(tmp_path):
 
 
 def test_plan_cpu_devices(capsys):
-  summary = plan_lib.plan(_config(), plan_lib.cpu_target(8), ["grpo_step"])
-  assert set(summary["programs"]) == {"grpo_step"}
+  summary = plan_lib.plan(_config(), plan_lib.cpu_target(8), ["sft_step", "reference"])
+  assert set(summary["programs"]) == {"sft_step", "reference"}
   assert summary["topology"] == "cpu:8" and summary["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
   for r in summary["programs"].values():
     assert 0 < r["per_chip_gib"] < summary["chip_hbm_gib"] and r["flops"] > 0 and r["compile_s"] > 0
-    assert r["collectives"]["all-reduce"] > 0  # data parallel: gradients are summed over the 8 devices
+  assert summary["programs"]["sft_step"]["collectives"]["all-reduce"] > 0  # data parallel: gradients summed
+  assert summary["programs"]["reference"]["resident_gib"] > 0  # the policy's train state stays meanwhile
   assert summary["fits"]
-  assert "| grpo_step" in capsys.readouterr().out
+  assert "| sft_step" in capsys.readouterr().out
 
 
 def test_collective_counts():
@@ -111,13 +112,13 @@ def test_prefix_pass_under_remat():
 def test_plan_tpu_topology_cli():
   """`python -m geojax.plan --topology=v5e:2x2` compiles with the TPU compiler, no TPU needed; last line JSON."""
   argv = [sys.executable, "-m", "geojax.plan", "--config=configs/default.py", "--topology=v5e:2x2",
-          *(f"--config.{o}" for o in TINY)]
+          "--programs=grpo_step,generate", *(f"--config.{o}" for o in TINY)]  # test_plan_cpu_devices: the others
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary["topology"] == "v5e:2x2" and summary["chips"] == 4 and summary["chip_hbm_gib"] == 16
-  assert set(summary["programs"]) == {"sft_step", "grpo_step", "reference", "generate"}
+  assert set(summary["programs"]) == {"grpo_step", "generate"}
   for r in summary["programs"].values():
     assert r["per_chip_gib"] > 0 and r["flops"] > 0 and r["roofline_s"] > 0
   assert summary["programs"]["grpo_step"]["collectives"]["all-reduce"] > 0
