@@ -244,25 +244,20 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
   from flax import nnx
 
   from geojax import experiment
+  from geojax.data.tokenizer import load_tokenizer
   from geojax.learners.grpo import GRPOLearner
   from geojax.learners.rollout import PROMPT_KEYS, rollout_shape
   from geojax.learners.sft import SFT_KEYS, SFTLearner
   from geojax.models import grid_tuple
   from geojax.models.sharding import MESH_AXES, make_mesh
-  from geojax.sampling.logits import candidate_count
-  from geojax.sampling.sampler import NOISE_AHEAD_MAX, Sampler, _sample_jit
-  from geojax.sampling.loop import Plan
 
   config = copy.deepcopy(config)
   config.workdir = tempfile.mkdtemp(prefix="geojax_plan_")  # the learners' (empty) checkpoint directories
   rc = config.runtime
   mesh = make_mesh([rc.mesh.get(a, 1) for a in MESH_AXES], MESH_AXES, target.devices)
-  tokenizer = experiment.load_tokenizer_for(config) if (config.model.tokenizer or config.model.hf_path) else None
-  if tokenizer is None:
-    from geojax.data.tokenizer import load_tokenizer
-    tokenizer = load_tokenizer("qwen2")  # a preset without hf_path: the published Qwen2 vocabulary
-  arch = experiment.architecture(config, tokenizer)
-  arch = reduce_depth(arch, text_layers, vision_depth)
+  # a preset without hf_path: the published Qwen2 vocabulary
+  tokenizer = load_tokenizer(config.model.tokenizer or config.model.hf_path or "qwen2")
+  arch = reduce_depth(experiment.architecture(config, tokenizer), text_layers, vision_depth)
   photo = photo or largest_photo(config, tokenizer)
   out, gc = [], config.grpo
   with jax.set_mesh(mesh):
@@ -301,28 +296,38 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
                                                     prompt_len=prompt_len)
         out.append(Program("reference", lowered, per_chip_bytes(state), time.time() - t0))
       if "generate" in rl:
-        sampler = Sampler(model, max_new_tokens=n_new, temperature=gc.temperature, top_k=gc.top_k or None,
-                          top_p=gc.top_p, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-                          num_samples=gc.group_size)  # as geojax.learners.grpo.policy_sampler builds it
-        noise_ahead = (not sampler.settings.greedy and n_new * rows * candidate_count(arch.text.vocab_size,
-                                                                                      sampler.settings)
-                       <= NOISE_AHEAD_MAX)
-        plan = Plan(n_new, sampler.settings, sampler.eos_ids, sampler.pad_id, sampler.num_samples, sampler.tile,
-                    grid_tuple(batch["image_grid_thw"]), noise_ahead, None)
-        host = {k: replicated(mesh, np.shape(batch[k]), np.asarray(batch[k]).dtype)
-                for k in ("input_ids", "attention_mask", "position_ids", "pixel_values")}
-        key = jax.eval_shape(lambda: jax.random.key(0))
-        t0 = time.time()
-        lowered = _sample_jit.lower(sampler.graph, state["params"], sampler.rest, host["input_ids"],
-                                    host["attention_mask"], host["position_ids"], host["pixel_values"],
-                                    replicated(mesh, key.shape, key.dtype), None, plan=plan)
-        out.append(Program("generate", lowered, ref_bytes + opt_bytes, time.time() - t0))
+        out.append(_generate_program(model, state["params"], config, tokenizer, batch, mesh, ref_bytes + opt_bytes))
       learner.close()
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   grid = grid_tuple(example_batch(config, tokenizer, "rl", 1, photo)["image_grid_thw"])[0]
   info = {"mesh": dict(mesh.shape), "params": n_params, "photo": list(photo),
           "image_grid": list(grid), "text_layers": arch.text.num_layers, "vision_depth": arch.vision.depth}
   return out, info
+
+
+def _generate_program(model, params, config, tokenizer, batch: dict, mesh, resident: int) -> Program:
+  """The rollout sampler of `geojax.learners.grpo.policy_sampler` lowered on abstract parameters and prompts (the
+  Plan its call would build; prompts are host arrays, so replicated)."""
+  from geojax.models import grid_tuple
+  from geojax.sampling.logits import candidate_count
+  from geojax.sampling.loop import Plan
+  from geojax.sampling.sampler import NOISE_AHEAD_MAX, Sampler, _sample_jit
+  gc = config.grpo
+  sampler = Sampler(model, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, top_k=gc.top_k or None,
+                    top_p=gc.top_p, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
+                    num_samples=gc.group_size)
+  rows = gc.batch_size * gc.group_size
+  width = candidate_count(model.config.text.vocab_size, sampler.settings)
+  noise_ahead = not sampler.settings.greedy and gc.max_new_tokens * rows * width <= NOISE_AHEAD_MAX
+  plan = Plan(gc.max_new_tokens, sampler.settings, sampler.eos_ids, sampler.pad_id, sampler.num_samples, sampler.tile,
+              grid_tuple(batch["image_grid_thw"]), noise_ahead, None)
+  host = [replicated(mesh, np.shape(batch[k]), np.asarray(batch[k]).dtype)
+          for k in ("input_ids", "attention_mask", "position_ids", "pixel_values")]
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  t0 = time.time()
+  lowered = _sample_jit.lower(sampler.graph, params, sampler.rest, *host, replicated(mesh, key.shape, key.dtype), None,
+                              plan=plan)
+  return Program("generate", lowered, resident, time.time() - t0)
 
 
 def reduce_depth(arch, text_layers: int = 0, vision_depth: int = 0):
@@ -409,6 +414,8 @@ def plan(config: ml_collections.ConfigDict, target: Target, programs=None, **bui
   unknown = sorted(set(programs) - set(PROGRAMS))
   if unknown:
     raise gconfig.ConfigError(f"--programs: unknown {unknown}; known: {list(PROGRAMS)}")
+  if "reference" in programs and not config.grpo.beta > 0:
+    raise gconfig.ConfigError("--programs: reference, but config key 'grpo.beta' is 0 (no reference policy)")
   lowered, info = build_programs(config, target, programs, **build_kw)
   results = {}
   for program in sorted(lowered, key=lambda p: COMPILE_ORDER.index(p.name)):
