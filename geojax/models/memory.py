@@ -11,7 +11,8 @@ What the code keeps, per chip (the assumptions this estimate makes):
   layer's weights are whole on every chip at once.
 - GRPO's training pass runs each prompt and its photo once and its G completions after it
   (`QwenVL.prefix_hidden_states`); batch rows are split over the chips only where their count divides (fewer
-  prompts than chips: every chip holds all of them). Activations are bfloat16 (model.dtype); attention scores
+  prompts than chips: every chip holds all of them), the photos' patch rows likewise (so the vision tower's queries
+  are split even where the prompts are not). Activations are bfloat16 (model.dtype); attention scores
   and their softmax float32 (`layers.masked_attention`), the probabilities cast back to bfloat16.
 - Per layer kept for the backward (Korthikanti et al. 2022, 34*s*b*d for the layer's tensors, plus the scores:
   4 + 4 + 2 bytes per score here, where the paper's 16-bit scores take 5): remat "none" keeps all of it, "dots"
@@ -116,17 +117,21 @@ def memory_plan(config: QwenVLConfig, *, chips: int = 32, prompts: int = 16, gro
     return (_layer_bytes(P, pc, D, t.num_heads, P, kv_dim, t.intermediate_size, p, act_bytes)
             + _layer_bytes(N, rc, D, t.num_heads, P + N, kv_dim, t.intermediate_size, p, act_bytes))
 
-  def vision_layer(p):  # a full-attention block (the window blocks attend to less)
-    return _layer_bytes(patches, pc, v.hidden_size, v.num_heads, patches, v.hidden_size, v.intermediate_size, p,
-                        act_bytes)
+  vr = _per_chip(micro * patches, chips)  # patch rows per chip: pixel_values are split by rows where they divide
+
+  def vision_layer(p):  # a full-attention block (the window blocks attend to less): vr queries over an image's keys
+    return _layer_bytes(vr, 1, v.hidden_size, v.num_heads, patches, v.hidden_size, v.intermediate_size, p, act_bytes)
 
   saved = t.num_layers * text_layer(policy) + v.depth * vision_layer(policy)
   working = max(text_layer("none"), vision_layer("none"))
   logits = 3 * 4 * rc * min(chunk, N) * t.vocab_size
   rows = _per_chip(prompts * group, chips)
   kv = rows * (P + N) * t.num_layers * 2 * kv_dim * act_bytes
+  vr_all = _per_chip(prompts * patches, chips)
   prefill = max(_layer_bytes(P, _per_chip(prompts, chips), D, t.num_heads, P, kv_dim, t.intermediate_size, "none",
-                             act_bytes) / 2, vision_layer("none") / 2)  # forward only: about half the layer's tensors
+                             act_bytes),
+                _layer_bytes(vr_all, 1, v.hidden_size, v.num_heads, patches, v.hidden_size, v.intermediate_size,
+                             "none", act_bytes)) / 2  # forward only: about half the layer's tensors
   gathered = param_bytes * (t.vocab_size * D + _layer_params(config))
   return MemoryPlan(params=shard / GIB, grads=shard * (2 if grad_accum > 1 else 1) / GIB, optimizer=2 * shard / GIB,
                     reference=shard / GIB, gathered=gathered / GIB, activations=(saved + working + logits) / GIB,
