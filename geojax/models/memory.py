@@ -4,8 +4,8 @@
 sizes) and agrees with the compiled figure within 25% where both were measured (BENCHMARKS.md, "TPU plan").
 
 What the code keeps, per chip (the assumptions this estimate makes):
-- Parameters, gradients and AdamW m, v in model.param_dtype (float32 in every recipe), FSDP-sharded over the chips;
-  with grad_accum > 1 a second gradient tree (the accumulator and the micro-batch's own).
+- Parameters, gradients and AdamW m, v in model.param_dtype (float32 in every recipe), FSDP-sharded over the chips
+  (with grad_accum > 1 a micro-batch's gradients are added into the accumulator as they are made: one tree).
 - The reference policy of the KL term: a float32 copy of the starting parameters (`ReferencePolicy`), sharded alike.
 - FSDP gathers a weight whole before its matmul: the LM head (float32, vocab x hidden: 2 GiB for 7B) and one
   layer's weights are whole on every chip at once.
@@ -133,7 +133,7 @@ def memory_plan(config: QwenVLConfig, *, chips: int = 32, prompts: int = 16, gro
                 _layer_bytes(vr_all, 1, v.hidden_size, v.num_heads, patches, v.hidden_size, v.intermediate_size,
                              "none", act_bytes)) / 2  # forward only: about half the layer's tensors
   gathered = param_bytes * (t.vocab_size * D + _layer_params(config))
-  return MemoryPlan(params=shard / GIB, grads=shard * (2 if grad_accum > 1 else 1) / GIB, optimizer=2 * shard / GIB,
+  return MemoryPlan(params=shard / GIB, grads=shard / GIB, optimizer=2 * shard / GIB,
                     reference=shard / GIB, gathered=gathered / GIB, activations=(saved + working + logits) / GIB,
                     kv_cache=(kv + prefill) / GIB)
 
