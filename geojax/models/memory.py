@@ -1,7 +1,8 @@
 """Per-chip memory of GRPO training of a QwenVL model, estimated from shapes in a second (no compiler), printed by
 `python -m geojax.models.memory` for the Geo-R and GLOBE recipes. `python -m geojax.plan` gives the compiled figure
 (the TPU compiler's own per-chip memory of the real programs); this estimate is for what-ifs (remat policies, batch
-sizes) and agrees with the compiled figure within 25% where both were measured (BENCHMARKS.md, "TPU plan").
+sizes). Against the compiled GRPO update (BENCHMARKS.md, "TPU plan"; 7B width, 1 layer and 1 vision block): Geo-R
+on 32 chips +8%, GLOBE on 16 chips +48% (an upper bound there).
 
 What the code keeps, per chip (the assumptions this estimate makes):
 - Parameters, gradients and AdamW m, v in model.param_dtype (float32 in every recipe), FSDP-sharded over the chips
