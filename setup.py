@@ -42,6 +42,9 @@ EXTRAS = {
         "tensorflow-datasets==4.9.10",
         "importlib_resources>=6",
         "ruff==0.17.6",  # the lint .ci/run checks (ruff.toml)
+        # the TPU compiler (libtpu), so CI compiles geojax.plan for a TPU topology; jax's default backend stays the
+        # CPU without a TPU (JAX_PLATFORMS set or not)
+        "jax[tpu]==0.10.2",
     ],
     # scripts/bench_grpo.py: TRL's GRPOTrainer on the same model as geojax's GRPO learner (TRL brings accelerate
     # and datasets); torch and transformers pinned as in test
@@ -49,6 +52,8 @@ EXTRAS = {
     # `tensorboard --logdir runs/` to read the event files training writes (tensorboardX, in the core, writes them)
     "viz": ["tensorboard==2.21.0"],
     "tpu": ["jax[tpu]==0.10.2"],
+    # `python -m geojax.plan --topology=...` on a machine without a TPU: the TPU compiler alone
+    "tpu-plan": ["jax[tpu]==0.10.2"],
     "cuda": ["jax[cuda12]==0.10.2"],
 }
 

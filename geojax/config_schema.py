@@ -83,6 +83,9 @@ _SCHEMA: dict[str, Any] = {
         "decimals": (0, "digits of the coordinates written in answer texts"),
         "min_pixels": (56 * 56, "images are resized to at least this many pixels (Qwen-VL smart resize)"),
         "max_pixels": (56 * 56, "images are resized to at most this many pixels"),
+        "grid_buckets": ((), "image grids (h, w) in 14-pixel patches, even numbers, each photo resized to the one "
+                             "nearest its aspect ratio: a run compiles for these shapes only; empty: each photo's own "
+                             "grid within min/max_pixels"),
     },
     "sft": {
         # the image->place mapping is still improving fast at 600-900 steps
@@ -211,10 +214,11 @@ def format_config(config: ml_collections.ConfigDict) -> str:
 # ---- validate ---------------------------------------------------------------------------------------------------
 
 
-def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
+def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_weights: bool = True) -> None:
   """Rejects a bad config before any work with a ConfigError naming the key. Every entry point runs it.
 
   reads_data: whether the entry point reads the dataset (train, eval; not export), so that data.dir must exist.
+  needs_weights: whether it loads the model's weights (all but geojax.plan, which compiles with shapes only).
   """
   from geojax.data.chat import ANSWER_FORMATS, PROMPTS
   from geojax.experiment import DTYPES
@@ -241,12 +245,12 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
   check_choice(c, "model.preset", ["tiny", *PRESETS])
   check_choice(c, "model.dtype", list(DTYPES))
   check_choice(c, "model.param_dtype", list(DTYPES))
-  if m.preset != "tiny" and not m.hf_path:
+  if m.preset != "tiny" and not m.hf_path and needs_weights:
     raise ConfigError(f"config key 'model.hf_path' is empty: preset {m.preset!r} needs pretrained weights "
                       "(a local Hugging Face directory)")
   if m.hf_path and not os.path.isdir(m.hf_path):
     raise ConfigError(f"config key 'model.hf_path' is {m.hf_path!r}: not a directory")
-  if not m.tokenizer and not m.hf_path:
+  if not m.tokenizer and not m.hf_path and needs_weights:
     raise ConfigError("config key 'model.tokenizer' is empty and so is model.hf_path, the tokenizer's fallback")
   if m.tokenizer not in ("", "tiny", "qwen2") and not os.path.exists(m.tokenizer):
     raise ConfigError(f"config key 'model.tokenizer' is {m.tokenizer!r}: expected tiny, qwen2 or a local HF directory")
@@ -273,6 +277,11 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
   check_range(c, "data.workers", 0)
   check_range(c, "data.min_pixels", 1)
   check_range(c, "data.max_pixels", d.min_pixels)
+  for bucket in d.grid_buckets:
+    if (not isinstance(bucket, (tuple, list)) or len(bucket) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 and x % 2 == 0 for x in bucket)):
+      raise ConfigError(f"config key 'data.grid_buckets' holds {bucket!r}; expected (h, w) pairs of positive even "
+                        "patch counts")
   check_range(c, "data.decimals", 0, 8)
 
   for stage in STAGES:
