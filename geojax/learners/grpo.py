@@ -45,7 +45,9 @@ from geojax.learners.rewards import as_reward, rewards_from_config
 from geojax.learners.rollout import (DynamicSampling, Rollout, RolloutSource, Sampled, completion_logprobs,
                                      rollout_metrics, rollout_sequences)
 from geojax.rl import DEFAULT_EPS, batch_counts, grpo_loss, reward_advantages
-from geojax.sampling import Sampler
+from geojax.config import ConfigError
+from geojax.sampling import RolloutLayout, Sampler
+from geojax.sampling.layout import rows_to_mesh
 
 
 class ReferencePolicy:
@@ -78,14 +80,34 @@ class GroupAdvantage:
                                         self.kind, eps=self.eps), np.float32)
 
 
-def policy_sampler(model, gc: ml_collections.ConfigDict, tokenizer) -> Callable:
-  """(params, batch, rng) -> GenerateResult: config.grpo's sampling settings on the policy's graph."""
-  sampler = Sampler(model, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, top_k=gc.top_k or None,
-                    top_p=gc.top_p, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-                    num_samples=gc.group_size)
-  return lambda params, batch, rng: sampler(params, batch["input_ids"], batch["attention_mask"],
-                                            batch["pixel_values"], batch["image_grid_thw"],
-                                            position_ids=batch["position_ids"], rng=rng)
+def policy_sampler(model, gc: ml_collections.ConfigDict, tokenizer, layout: RolloutLayout | None = None,
+                   mesh=None) -> Callable:
+  """(params, batch, rng) -> GenerateResult: config.grpo's sampling settings on the policy's graph, or with a
+  `layout`, on the policy cast and resharded for decoding (once per rollout), the results put back on `mesh`."""
+  sampler = Sampler(model if layout is None else layout.model, max_new_tokens=gc.max_new_tokens,
+                    temperature=gc.temperature, top_k=gc.top_k or None, top_p=gc.top_p, eos_token_id=tokenizer.eos_id,
+                    pad_token_id=tokenizer.pad_id, num_samples=gc.group_size)
+
+  def sample(params, batch, rng):
+    out = sampler(params if layout is None else layout(params), batch["input_ids"], batch["attention_mask"],
+                  batch["pixel_values"], batch["image_grid_thw"], position_ids=batch["position_ids"], rng=rng)
+    if layout is None or mesh is None or layout.mesh == mesh:
+      return out
+    return rows_to_mesh(out, mesh)
+
+  return sample
+
+
+def rollout_layout(config: ml_collections.ConfigDict, model) -> RolloutLayout | None:
+  """config.rollout's decode layout for `model` (None when rollout.layout is train)."""
+  from geojax.experiment import DTYPES
+  if config.rollout.layout != "decode":
+    return None
+  try:
+    mesh = runtime.make_mesh(dict(config.rollout.mesh))
+  except ValueError as e:
+    raise ConfigError(f"config key 'rollout.mesh' is {dict(config.rollout.mesh)}: {e}") from e
+  return RolloutLayout(model, mesh, DTYPES[config.model.dtype])
 
 
 class GRPOLearner(Learner):
@@ -126,8 +148,8 @@ class GRPOLearner(Learner):
                          shard_index=0, shard_count=1, name="grpo")
     gaz = Gazetteer.load()
     rewards = as_reward(rewards) if rewards is not None else rewards_from_config(config, mesh, gaz)
-    source = RolloutSource(loader, policy_sampler(model, gc, tokenizer), rewards, tokenizer, gc.group_size,
-                           jax.random.key(config.seed), mesh)
+    sampler = policy_sampler(model, gc, tokenizer, rollout_layout(config, model), mesh)
+    source = RolloutSource(loader, sampler, rewards, tokenizer, gc.group_size, jax.random.key(config.seed), mesh)
     if gc.dynamic_sampling and gc.max_rollouts > 1:  # with one rollout there is nothing to choose from
       source = DynamicSampling(source, gc.batch_size, gc.max_rollouts)
     return cls(config, model, mesh, source, writer=writer, gaz=gaz, **roles)

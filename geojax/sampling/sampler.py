@@ -171,6 +171,31 @@ class Sampler:
       filtered distribution actually sampled (0 when greedy), lengths [B*G] int32). After EOS: pad tokens and
       log-probs 0.
     """
+    params, head, plan, inputs = self._prepare(params, input_ids, attention_mask, pixel_values, image_grid_thw,
+                                               position_ids, rng)
+    mesh = _mesh_of(_embedding(params))
+    if mesh is None:
+      return self._decode(params, head, plan, *inputs)
+    with jax.set_mesh(mesh):
+      return self._decode(params, head, plan, *inputs)
+
+  def lower(self, params=None, input_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
+            position_ids=None, rng=None) -> jax.stages.Lowered:
+    """The first phase's program for these arguments (the call's), lowered: `.compile()` it to read its HLO or
+    memory. `params` may be abstract (jax.ShapeDtypeStruct with shardings), as for a model too big to hold."""
+    params, head, plan, inputs = self._prepare(params, input_ids, attention_mask, pixel_values, image_grid_thw,
+                                               position_ids, rng)
+    buckets = self._buckets(inputs[0].shape[1])
+    lower = functools.partial(_start_jit.lower, self.graph, params, self.rest, *inputs, head, plan=plan,
+                              length=buckets[0])
+    mesh = _mesh_of(_embedding(params))
+    if mesh is None:
+      return lower()
+    with jax.set_mesh(mesh):
+      return lower()
+
+  def _prepare(self, params, input_ids, attention_mask, pixel_values, image_grid_thw, position_ids, rng):
+    """Checks the arguments; returns (params, decode head, plan, the first phase's array arguments)."""
     if input_ids is None:
       raise TypeError("Sampler call needs input_ids")
     if rng is None:
@@ -203,18 +228,17 @@ class Sampler:
     plan = Plan(self.max_new_tokens, self.settings, self.eos_ids, self.pad_id, self.num_samples, self.tile,
                 None if pixel_values is None else grid, noise_ahead, row_images, compact=self.phases and rows > 1)
     params = self.params if params is None else params
-    embedding = _embedding(params)
-    head = self._decode_head(embedding)
-    mesh = _mesh_of(embedding)
-    if mesh is None:
-      return self._decode(params, head, plan, input_ids, attention_mask, position_ids, pixel_values, rng)
-    with jax.set_mesh(mesh):
-      return self._decode(params, head, plan, input_ids, attention_mask, position_ids, pixel_values, rng)
+    return (params, self._decode_head(_embedding(params)), plan,
+            (input_ids, attention_mask, position_ids, pixel_values, rng))
+
+  def _buckets(self, prompt_len: int) -> tuple[int, ...]:
+    steps = self.max_new_tokens
+    return loop.cache_buckets(prompt_len, steps) if self.phases else (loop.cache_length(prompt_len, steps),)
 
   def _decode(self, params, head, plan: Plan, *inputs) -> GenerateResult:
     """The first phase, then the next ones while rows remain (each waits for the last to end: one sync each)."""
     prompt_len, steps = inputs[0].shape[1], self.max_new_tokens
-    buckets = loop.cache_buckets(prompt_len, steps) if self.phases else (loop.cache_length(prompt_len, steps),)
+    buckets = self._buckets(prompt_len)
     slots, length = inputs[0].shape[0] * self.num_samples, buckets[0]
     self.last_phases = [(slots, length, 0)]
     state, (t, live) = _start_jit(self.graph, params, self.rest, *inputs, head, plan=plan, length=length)
@@ -255,6 +279,8 @@ class Sampler:
     off CPU (TPU/GPU pick dot layouts themselves)."""
     if not self._tied_cpu:
       return None
+    if not isinstance(embedding, jax.Array):  # abstract parameters (`lower`)
+      return jax.eval_shape(_transpose, embedding)
     ref = self._head.get("embedding")
     if ref is None or ref() is not embedding:
       cell = self._head = {}
