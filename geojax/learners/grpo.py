@@ -10,10 +10,12 @@
              sampled, then AdamW; grpo.updates_per_rollout passes over grpo.minibatches mini-batches (PPO epochs)
 
 One step, in order (JAX dispatch is asynchronous, so the host works while the device computes):
-  1. sample G completions per prompt on the current policy;
+  1. sample G completions per prompt on the current policy (cast and resharded for decoding: rollout.layout);
   2. dispatch the reference policy's log-probabilities of those tokens;
   3. meanwhile on the host: decode the completions, score them, group advantages;
-  4. dispatch the update(s).
+  4. dispatch the update(s);
+  5. meanwhile on the host: the rollout's metrics; then the update's metrics are fetched. The step counter
+     lives on the host, so nothing else waits on the device.
 
 Old log-probabilities (the ratio's denominator) are the trainer's own, at the parameters that sampled: with one
 update on the whole rollout they equal the policy's (ratio 1, no extra pass: the loss of plain GRPO); with more,
@@ -127,6 +129,7 @@ class GRPOLearner(Learner):
       from geojax.geo import Gazetteer
       gaz = Gazetteer.load()
     self.gaz = gaz
+    self._step: int | None = None  # see `step`
     # update(state, prompt, tokens, lengths, advantages, ref_logprobs, sampler_logprobs, grid, prompt_len)
     #   -> (state, metrics): the policy update on one scored rollout (jitted, donates state)
     self.update = jax.jit(self._update_fn, static_argnames=("grid", "prompt_len"), donate_argnums=(0,))
@@ -206,7 +209,20 @@ class GRPOLearner(Learner):
     self.state, metrics = self.update(self.state, sampled.prompt, sampled.tokens, sampled.lengths,
                                        runtime.put_global(advantages, self.mesh), ref_logprobs, sampled.logprobs,
                                        *sampled.shape(self.group))
-    metrics = host_metrics(metrics)
-    metrics.update(rollout_metrics(rollout, self.group, self.config.data.answer, self.gaz))
-    metrics.update(self.rollout.info())
-    return metrics
+    self._step = self.step + 1  # the update's own count, known without waiting for it
+    # 5. the host's metrics while the update runs, then the update's
+    host = rollout_metrics(rollout, self.group, self.config.data.answer, self.gaz)
+    host.update(self.rollout.info())
+    return {**host_metrics(metrics), **host}
+
+  @property
+  def step(self) -> int:
+    """The step counter, kept on the host: the device's state["step"] is read once (after a restore), not every
+    step, which would wait for the update in flight."""
+    if self._step is None:
+      self._step = int(self.state["step"])
+    return self._step
+
+  def restore(self) -> bool:
+    self._step = None
+    return super().restore()
