@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 
@@ -43,6 +42,7 @@ from geojax.models.presets import PRESETS  # noqa: E402
 from geojax.models.qwen_vl import QwenVL  # noqa: E402
 from geojax.models.sharding import param_shardings  # noqa: E402
 from geojax.sampling import RolloutLayout, Sampler  # noqa: E402
+from geojax.sampling.layout import loop_all_gathers  # noqa: E402
 
 GIB = 1024 ** 3
 
@@ -57,25 +57,12 @@ def prompts(config, batch: int, length: int):
   return ids, np.ones_like(ids), pixels, grid
 
 
-def loop_gathers(hlo: str) -> list[int]:
-  bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo))
-  sizes, inside = [], False
-  for line in hlo.splitlines():
-    head = re.match(r"^\s*%?([\w.\-]+) \(", line)
-    if head and line.rstrip().endswith("{"):
-      inside = head.group(1) in bodies
-    if inside and re.search(r" all-gather(-start)?\(", line):
-      shape = re.search(r"= \(?\w+\[([\d,]*)\]", line).group(1)
-      sizes.append(int(np.prod([int(d) for d in shape.split(",") if d])))
-  return sizes
-
-
 def report(name: str, sampler: Sampler, params, inputs, weight_bytes: float, kv_bytes: float) -> None:
   start = time.perf_counter()
   compiled = sampler.lower(params, *inputs, rng=jax.random.key(0)).compile()
   seconds = time.perf_counter() - start
   mem = compiled.memory_analysis()
-  gathers = loop_gathers(compiled.as_text())
+  gathers = loop_all_gathers(compiled.as_text())
   print(f"{name}: per device arguments {mem.argument_size_in_bytes / GIB:.2f} GiB, temp "
         f"{mem.temp_size_in_bytes / GIB:.2f} GiB, output {mem.output_size_in_bytes / GIB:.2f} GiB; weights "
         f"{weight_bytes / GIB:.2f} GiB and KV cache {kv_bytes / GIB:.2f} GiB per chip; decode-loop all-gathers: "

@@ -13,6 +13,7 @@ dimension the mesh axis does not divide stays whole (replicated), as in training
 """
 from __future__ import annotations
 
+import re
 import weakref
 
 import jax
@@ -101,3 +102,18 @@ def rows_to_mesh(tree, mesh: jax.sharding.Mesh):
   batch axes where they divide."""
   return jax.tree.map(lambda x: jax.device_put(x, named_sharding(mesh, ("batch",) + (None,) * (x.ndim - 1),
                                                                  x.shape)), tree)
+
+
+def loop_all_gathers(hlo: str) -> list[int]:
+  """Element counts of the all-gathers inside the while-loop bodies of compiled HLO text (`compiled.as_text()`):
+  what a decode loop gathers per token."""
+  bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo))
+  sizes, inside = [], False
+  for line in hlo.splitlines():
+    head = re.match(r"^\s*%?([\w.\-]+) \(", line)
+    if head and line.rstrip().endswith("{"):
+      inside = head.group(1) in bodies
+    if inside and re.search(r" all-gather(-start)?\(", line):
+      shape = re.search(r"= \(?\w+\[([\d,]*)\]", line).group(1)
+      sizes.append(int(np.prod([int(d) for d in shape.split(",") if d])))
+  return sizes

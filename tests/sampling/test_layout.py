@@ -11,23 +11,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from geojax.models import make_mesh, testing
 from geojax.sampling import RolloutLayout, Sampler
+from geojax.sampling.layout import loop_all_gathers
 from geojax.sampling import logits as lg
 
 KW = dict(max_new_tokens=8, temperature=1.0, top_k=20, eos_token_id=testing.TINY_EOS, num_samples=2)
-
-
-def _loop_gathers(hlo: str) -> list[int]:
-  """Element counts of the all-gathers inside while-loop bodies of compiled HLO text."""
-  bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo))
-  sizes, inside = [], False
-  for line in hlo.splitlines():
-    head = re.match(r"^\s*%?([\w.\-]+) \(", line)
-    if head and line.rstrip().endswith("{"):
-      inside = head.group(1) in bodies
-    if inside and re.search(r" all-gather(-start)?\(", line):
-      shape = re.search(r"= \(?\w+\[([\d,]*)\]", line).group(1)
-      sizes.append(int(np.prod([int(d) for d in shape.split(",") if d])))
-  return sizes
 
 
 def _all_gathers(hlo: str) -> list[int]:
@@ -50,7 +37,7 @@ def test_decode_layout_samples_the_same_tokens_and_gathers_no_weight_in_the_loop
 
   vocab = hf.config.text_config.vocab_size  # a weight or one row of full logits holds at least this many
   hlo = sampler.lower(params, *args, rng=jax.random.key(0)).compile().as_text()
-  gathers = _loop_gathers(hlo)
+  gathers = loop_all_gathers(hlo)
   assert gathers, "the decode loop's top-k merge should show up as (small) all-gathers"
   assert max(gathers) < vocab, gathers
 
