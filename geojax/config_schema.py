@@ -130,7 +130,7 @@ _SCHEMA: dict[str, Any] = {
         "reward_model": ("", "local HF directory of the locatability reward model (GLOBE); empty: that reward is off"),
     },
     "rollout": {
-        "layout": ("decode", "decode: before each GRPO rollout, cast the policy to model.dtype and reshard it by the "
+        "layout": ("train", "decode: before each GRPO rollout, cast the policy to model.dtype and reshard it by the "
                              "decode rules (geojax.sampling.DECODE_RULES: heads, MLP and vocabulary over tensor, whole "
                              "along the embedding) on rollout.mesh, so the decode loop gathers no weight | train: "
                              "sample with the training parameters as they are"),
