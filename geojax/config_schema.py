@@ -132,6 +132,17 @@ _SCHEMA: dict[str, Any] = {
         "combine": ("sum", "sum | product of the weighted rewards"),
         "reward_model": ("", "local HF directory of the locatability reward model (GLOBE); empty: that reward is off"),
     },
+    "rollout": {
+        "layout": ("train", "decode: before each GRPO rollout, cast the policy to model.dtype and reshard it by the "
+                             "decode rules (geojax.sampling.DECODE_RULES: heads, MLP and vocabulary over tensor, whole "
+                             "along the embedding) on rollout.mesh, so the decode loop gathers no weight | train: "
+                             "sample with the training parameters as they are"),
+        "mesh": {
+            "data": (-1, "rollout devices splitting the rows (-1: all remaining devices)"),
+            "fsdp": (1, "rollout devices on the fsdp axis (the decode rules shard no weight over it; rows split)"),
+            "tensor": (1, "rollout devices splitting heads, MLP and vocabulary (-1: all remaining devices)"),
+        },
+    },
     "eval": {
         "split": ("test", "split evaluated"),
         "num_examples": (0, "examples evaluated (0: the whole split)"),
@@ -240,6 +251,13 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
       raise ConfigError(f"config key 'runtime.mesh.{axis}' is {size!r}; expected a size >= 1 or -1")
   if list(c.runtime.mesh.values()).count(-1) > 1:
     raise ConfigError(f"config key 'runtime.mesh' is {dict(c.runtime.mesh)}: at most one axis may be -1")
+
+  check_choice(c, "rollout.layout", ("decode", "train"))
+  for axis, size in get(c, "rollout.mesh").items():
+    if not isinstance(size, int) or (size < 1 and size != -1):
+      raise ConfigError(f"config key 'rollout.mesh.{axis}' is {size!r}; expected a size >= 1 or -1")
+  if list(c.rollout.mesh.values()).count(-1) > 1:
+    raise ConfigError(f"config key 'rollout.mesh' is {dict(c.rollout.mesh)}: at most one axis may be -1")
 
   m = c.model
   check_choice(c, "model.preset", ["tiny", *PRESETS])
