@@ -42,9 +42,8 @@ EXTRAS = {
         "tensorflow-datasets==4.9.10",
         "importlib_resources>=6",
         "ruff==0.17.6",  # the lint .ci/run checks (ruff.toml)
-        # the TPU compiler (libtpu), so CI compiles geojax.plan for a TPU topology; jax's default backend stays the
-        # CPU without a TPU (JAX_PLATFORMS set or not)
-        "jax[tpu]==0.10.2",
+        # not the TPU compiler: in a fresh CI venv libtpu refused to initialise without TPU_ACCELERATOR_TYPE /
+        # TPU_WORKER_HOSTNAMES, so tests/test_plan.py's TPU case runs only where `.[tpu-plan]` is installed
     ],
     # scripts/bench_grpo.py: TRL's GRPOTrainer on the same model as geojax's GRPO learner (TRL brings accelerate
     # and datasets); torch and transformers pinned as in test
