@@ -21,32 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geojax.models.sharding import logical_to_spec, named_sharding, param_shardings
+from geojax.models.sharding import DEFAULT_RULES, logical_to_spec, named_sharding, param_shardings
 from geojax.models.text import K_AXES
 
-DECODE_RULES: tuple[tuple[str, object], ...] = (
-    # activations (as in training)
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-    ("cache_length", None),
-    # parameters: whole along the embedding, tensor-parallel over heads, MLP and vocabulary
-    ("embed", None),
-    ("vocab", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("mlp", "tensor"),
-    ("norm", None),
-    ("vision_embed", None),
-    ("vision_heads", "tensor"),
-    ("vision_mlp", "tensor"),
-    ("patch", None),
-    ("merge", "tensor"),
-)
+# The training rules without FSDP: parameters whole along the embedding, tensor-parallel over heads, MLP and
+# vocabulary (so no step of the decode loop gathers a weight); activations as in training.
+DECODE_RULES: tuple[tuple[str, object], ...] = tuple(
+    (name, None if name in ("embed", "vision_embed") else axes) for name, axes in DEFAULT_RULES)
 
 
 class RolloutLayout:
