@@ -311,6 +311,8 @@ def _generate_program(model, params, config, tokenizer, batch: dict, target: Tar
   from geojax.learners.grpo import rollout_layout, rollout_sampler
   layout = rollout_layout(config, model, target.devices)
   sampler = rollout_sampler(model if layout is None else layout.model, config.grpo, tokenizer)
+  if layout is not None:  # the training parameters stay while their decoding copy samples
+    resident += per_chip_bytes(params)
   t0 = time.time()
   rng = jax.eval_shape(lambda: jax.random.key(0))  # abstract: no device, so no mesh of its own
   lowered = sampler.lower(params if layout is None else layout.abstract(), batch["input_ids"],
