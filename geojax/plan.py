@@ -22,7 +22,8 @@ they are harmless here.
 Per chip, a program needs its arguments, outputs (less those aliased to donated arguments), temporaries and code
 (XLA's memory_analysis), plus what stays resident between programs but is not its argument: the reference
 parameters during the GRPO update and generation, the policy's train state during the reference pass, the
-optimizer state during generation. `total` is that sum, and the plan fits when every program's total is below
+optimizer state during generation (and the training parameters, when it samples from their decode-layout copy).
+`total` is that sum, and the plan fits when every program's total is below
 the chip's HBM. FLOPs and bytes are XLA's cost analysis of the compiled per-chip program, which counts a loop body
 once (the decode loop, micro-batch and chunk scans), so the roofline time is a lower bound for looped programs.
 The last line printed is one JSON object with the figures (for scripts and CI).
