@@ -71,13 +71,14 @@ def build_model(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bo
   mc = config.model
   dtype, param_dtype = DTYPES[mc.dtype], DTYPES[mc.param_dtype]
   if mc.hf_path and not abstract:
-    return load_hf(mc.hf_path, dtype=dtype, mesh=mesh, param_dtype=param_dtype)
+    return load_hf(mc.hf_path, dtype=dtype, mesh=mesh, param_dtype=param_dtype, attention=mc.attention)
   if mc.hf_path:
     from geojax.models import QwenVLConfig
     with open(os.path.join(mc.hf_path, "config.json")) as f:
       arch = QwenVLConfig.from_hf(json.load(f))
   else:
     arch = model_config(config, tokenizer)
+  arch = arch.replace(attention=mc.attention)
   make = lambda: QwenVL(arch, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(config.seed))
   model = nnx.eval_shape(make) if abstract else make()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)

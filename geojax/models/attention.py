@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from geojax.models.config import ATTENTION_BACKENDS as BACKENDS
 from geojax.models.layers import masked_attention
 
-BACKENDS = ("auto", "xla", "blockwise", "cudnn", "splash")
 NEEDS = {"cudnn": "gpu", "splash": "tpu"}  # backends that run on one platform only
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite (as splash's), so a row with no key stays finite
 BLOCK_Q, BLOCK_K = 512, 512  # blockwise defaults (scripts/bench_attention.py)
@@ -98,11 +98,11 @@ def check_backend(backend: str, platform: str | None = None) -> str:
   """The backend `backend` ("auto" resolved) runs on `platform`; a ValueError naming model.attention if it cannot."""
   platform = platform or current_platform()
   if backend not in BACKENDS:
-    raise ValueError(f"model.attention is {backend!r}; expected one of {BACKENDS}")
+    raise ValueError(f"'model.attention' is {backend!r}; expected one of {BACKENDS}")
   if backend == "auto":
     return {"tpu": "splash", "gpu": "cudnn"}.get(platform, "blockwise")
   if backend in NEEDS and NEEDS[backend] != platform:
-    raise ValueError(f"model.attention is {backend!r}, which runs only on {NEEDS[backend]}, but this program runs "
+    raise ValueError(f"'model.attention' is {backend!r}, which runs only on {NEEDS[backend]}, but this program runs "
                      f"on {platform}; use auto, blockwise or xla")
   return backend
 

@@ -89,6 +89,8 @@ def test_format_config():
     ("model.hf_path=/nonexistent/dir", "model.hf_path"),
     ("model.tokenizer=", "model.tokenizer"),
     ("model.dtype=int8", "model.dtype"),
+    ("model.attention=flash", "model.attention"),
+    ("model.attention=splash", "model.attention"),  # a TPU kernel: refused on this CPU
     ("runtime.distributed=maybe", "runtime.distributed"),
     ("runtime.mesh.fsdp=-1", "runtime.mesh"),
     ("checkpoint.keep=0", "checkpoint.keep"),
