@@ -126,11 +126,12 @@ def dense_attention(q, k, v, mask: Mask) -> jax.Array:
 
 
 # ---------------------------------------------------------------- blockwise (XLA)
-def blockwise_attention(q, k, v, mask: Mask, *, block_q: int = BLOCK_Q, block_k: int = BLOCK_K) -> jax.Array:
-  """Online-softmax attention over blocks of block_q queries x block_k keys (see the module docstring)."""
+def blockwise_attention(q, k, v, mask: Mask, *, block_q: int | None = None, block_k: int | None = None) -> jax.Array:
+  """Online-softmax attention over blocks of block_q queries x block_k keys (default BLOCK_Q x BLOCK_K; see the
+  module docstring)."""
   batch, lq, heads, dim = q.shape
   lk, kv_heads = k.shape[1], k.shape[2]
-  bq, bk = min(block_q, lq), min(block_k, lk)
+  bq, bk = min(block_q or BLOCK_Q, lq), min(block_k or BLOCK_K, lk)
   nq, nk = -(-lq // bq), -(-lk // bk)
   q_ids, kv_ids = mask.segments(batch, lq, lk)
   # padded queries and keys get ids that match nothing real

@@ -154,3 +154,27 @@ def test_cudnn_support_rules():
   assert not attn.cudnn_supports(bf16.astype(jnp.float32), bf16, attn.Mask.from_valid(valid, causal=True))
   assert not attn.cudnn_supports(bf16, bf16, attn.Mask(jnp.zeros((1, 8), jnp.int32)))  # packed segments
   assert not attn.cudnn_supports(bf16, bf16, attn.Mask.from_valid(valid, valid, causal=True, offset=3))
+
+
+def test_model_with_small_blocks_matches_transformers(hf_checkpoint, rng, monkeypatch):
+  """The whole model (vision segments, left-padded text, and a prefill + decode over the KV cache) with blocks of 8
+  queries x 8 keys, so every attention runs the multi-block loops."""
+  from geojax.data.mrope import rope_index
+  from geojax.models import grid_tuple, load_hf
+  from tests.models.test_qwen_vl import CASES, _decode, _prefill, forward, hf_logits, make_batch, rel_err
+  monkeypatch.setattr(attn, "BLOCK_Q", 8)
+  monkeypatch.setattr(attn, "BLOCK_K", 8)
+  hf, path = hf_checkpoint("qwen2_5_vl")
+  model = load_hf(path, attention="blockwise")  # a config of its own, so jit traces it afresh
+  ids, mask, pixels, grids = make_batch(rng, CASES["left_padded_batch_of_3"])
+  new = rng.integers(0, 90, size=(ids.shape[0], 1)).astype(np.int32)
+  full_ids, full_mask = np.concatenate([ids, new], 1), np.concatenate([mask, np.ones_like(new)], 1)
+  full = forward(model, full_ids, full_mask, pixels, grids)
+  assert rel_err(full, hf_logits(hf, full_ids, full_mask, pixels, grids), full_mask) <= 1e-4
+  pos, _ = rope_index(ids, mask, grids, image_token_id=model.config.image_token_id)
+  cache = model.init_cache(ids.shape[0], ids.shape[1] + 3, jnp.float32)
+  last, cache = _prefill(model, ids, mask, pos, pixels, grid_tuple(grids), cache)
+  logits, _ = _decode(model, jnp.asarray(new[:, 0]), cache)
+  scale = np.abs(full).max()
+  np.testing.assert_allclose(np.asarray(last), full[:, -2], atol=1e-4 * scale)
+  np.testing.assert_allclose(np.asarray(logits), full[:, -1], atol=1e-4 * scale)
