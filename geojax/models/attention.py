@@ -28,7 +28,7 @@ from geojax.models.config import ATTENTION_BACKENDS as BACKENDS
 from geojax.models.layers import masked_attention
 
 NEEDS = {"cudnn": "gpu", "splash": "tpu"}  # backends that run on one platform only
-MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite (as splash's), so a row with no key stays finite
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite (as splash's): exp(MASK_VALUE - MASK_VALUE) is 1, not NaN
 BLOCK_Q, BLOCK_K = 512, 512  # blockwise defaults (scripts/bench_attention.py)
 
 
@@ -40,7 +40,8 @@ class Mask:
 
   q_segment_ids int [B, Lq] (None: one segment); kv_segment_ids int [B, Lk] (None: the query's, for self-attention
   with Lq == Lk). Ids are >= 0. `padding` marks ids that only tell tokens (1) from padding (0), which the cudnn
-  backend needs. `offset` is an int, or an int32 scalar known at run time. `backend` is one of BACKENDS.
+  backend needs. `offset` is an int, or an int32 scalar known at run time. `backend` is one of BACKENDS. A query
+  that sees no key outputs 0 and passes no gradient back (xla, blockwise, splash).
   """
   q_segment_ids: jax.Array | None = None
   kv_segment_ids: jax.Array | None = None
@@ -73,6 +74,18 @@ class Mask:
     if self.causal:
       allowed &= jnp.arange(lk)[None, :] <= jnp.arange(lq)[:, None] + self.offset
     return allowed
+
+  def sees_a_key(self, batch: int, lq: int, lk: int) -> jax.Array:
+    """bool [B, Lq]: whether query i sees any key, without the dense mask: the first key of its segment (a stable
+    sort of each row's kv ids), and if causal, whether that key is at or before i + offset."""
+    q, kv = self.segments(batch, lq, lk)
+    order = jnp.argsort(kv, axis=1, stable=True)
+    ids = jnp.take_along_axis(kv, order, axis=1)
+    pos = jnp.minimum(jax.vmap(jnp.searchsorted)(ids, q), lk - 1)
+    seen = jnp.take_along_axis(ids, pos, axis=1) == q
+    if self.causal:
+      seen &= jnp.take_along_axis(order, pos, axis=1) <= jnp.arange(lq) + self.offset
+    return seen
 
   def tree_flatten(self):
     static_offset = isinstance(self.offset, (int, np.integer))
@@ -121,8 +134,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask) -> jax.Array
 
 
 def dense_attention(q, k, v, mask: Mask) -> jax.Array:
-  """The reference: `layers.masked_attention` with the mask made dense."""
-  return masked_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask.dense(q.shape[0], q.shape[1], k.shape[1]))
+  """The reference: `layers.masked_attention` with the mask made dense; a query that sees no key outputs 0 (as
+  blockwise), not the mean of all values."""
+  allowed = mask.dense(q.shape[0], q.shape[1], k.shape[1])
+  out = masked_attention(q, k.astype(q.dtype), v.astype(q.dtype), allowed)
+  return jnp.where(allowed.any(-1)[:, :, None, None], out, 0).astype(out.dtype)
 
 
 # ---------------------------------------------------------------- blockwise (XLA)
@@ -191,8 +207,11 @@ def _forward(q, k, v, q_ids, kv_ids, offset, causal, bq, bk):
       m, total, acc = key_block(0, carry)
     else:
       m, total, acc = jax.lax.fori_loop(0, _key_blocks_seen(i, bq, bk, nk, offset, causal), key_block, carry)
-    out = jnp.einsum("bkgqd->bqkgd", acc / total[..., None]).astype(q.dtype)
-    return out, m + jnp.log(total)
+    # a row that sees no key keeps m at MASK_VALUE: it outputs 0, and its logsumexp of +inf makes every
+    # recomputed probability of the backward pass 0 (scores that are masked do not depend on q or k)
+    seen = m > MASK_VALUE
+    out = jnp.einsum("bkgqd->bqkgd", jnp.where(seen[..., None], acc / total[..., None], 0)).astype(q.dtype)
+    return out, jnp.where(seen, m + jnp.log(total), jnp.inf)
 
   if nq == 1:
     return query_block(0)
@@ -300,8 +319,9 @@ def cudnn_attention(q, k, v, mask: Mask) -> jax.Array:
 
 
 # ---------------------------------------------------------------- splash (TPU)
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(heads: int, lq: int, lk: int, causal: bool, offset: int, bq: int, bk: int, interpret: bool):
+  """A kernel for one trace: it holds its mask's block tables as arrays made while tracing, so a kernel cached
+  across traces leaked one trace's values into the next (UnexpectedTracerError)."""
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
   shape = (lq, lk)
   one = splash.CausalMask(shape, offset=offset) if causal else splash.FullMask(shape)
@@ -345,5 +365,6 @@ def splash_attention(q, k, v, mask: Mask, *, block: int = 512, interpret: bool =
     ids_spec = jax.sharding.PartitionSpec(batch_axes, None)
     run = jax.shard_map(run, in_specs=(heads_spec, heads_spec, heads_spec, ids_spec, ids_spec), out_specs=heads_spec,
                         check_vma=False)
-  out = run(q_heads, k, v, q_ids, kv_ids)
-  return out.transpose(0, 2, 1, 3)[:, :lq].astype(q.dtype)
+  out = run(q_heads, k, v, q_ids, kv_ids).transpose(0, 2, 1, 3)[:, :lq]
+  # the kernel gives a query that sees no key neither 0 nor a zero gradient: zeroing it does both
+  return jnp.where(mask.sees_a_key(batch, lq, lk)[:, :, None, None], out, 0).astype(q.dtype)

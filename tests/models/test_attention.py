@@ -13,14 +13,15 @@ H, KV, D = 4, 2, 16
 
 
 def numpy_attention(q, k, v, allowed, dout):
-  """float64 softmax attention and its gradients (the textbook formulas) for one cotangent dout."""
+  """float64 softmax attention and its gradients (the textbook formulas) for one cotangent dout; a query that sees
+  no key outputs 0 and has no gradient."""
   q, k, v, dout = (np.asarray(t, np.float64) for t in (q, k, v, dout))
   groups = q.shape[2] // k.shape[2]
   kh, vh = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)  # head h reads KV head h // groups
   scale = q.shape[-1] ** -0.5
   s = np.where(allowed[:, None], np.einsum("bqhd,bkhd->bhqk", q, kh) * scale, -np.inf)
-  p = np.exp(s - s.max(-1, keepdims=True))
-  p /= p.sum(-1, keepdims=True)
+  p = np.exp(s - np.where(allowed.any(-1)[:, None, :, None], s.max(-1, keepdims=True), 0))
+  p /= np.maximum(p.sum(-1, keepdims=True), 1e-300)
   out = np.einsum("bhqk,bkhd->bqhd", p, vh)
   dp = np.einsum("bqhd,bkhd->bhqk", dout, vh)
   ds = p * (dp - (dp * p).sum(-1, keepdims=True))
@@ -56,6 +57,12 @@ def case(name, rng):
     lq = lk = valid.shape[1]
     fields = dict(q_valid=valid, kv_valid=None, causal=True, offset=0)
     q_ids = kv_ids = valid.astype(int)
+  elif name == "rows_without_keys":  # left and right padding, and queries of a segment no key has (as the blocks'
+    valid = valid_rows([26, 30], [9, 0])  # padding rows): they output 0 and get a gradient of 0, dout or not
+    lq = lk = valid.shape[1]
+    q_ids, kv_ids = valid.astype(int), valid.astype(int)
+    q_ids[0, 20:23], q_ids[1, 0] = 5, 7
+    fields = dict(q_segment_ids=q_ids, kv_segment_ids=kv_ids, causal=True)
   elif name == "packed_segments":  # vision-style: segments attend within themselves, no causal mask
     lq = lk = 36
     q_ids = kv_ids = np.repeat(np.array([[0, 1, 2, 3], [0, 0, 1, 1]]), [9, 13, 5, 9], axis=1)
@@ -81,7 +88,9 @@ def make_mask(fields, backend="auto"):
   fields = dict(fields)
   if "q_valid" in fields:
     return attn.Mask.from_valid(fields.pop("q_valid"), fields.pop("kv_valid"), backend=backend, **fields)
-  return attn.Mask(q_segment_ids=jnp.asarray(fields["q_segment_ids"]), causal=fields["causal"], backend=backend)
+  kv = fields.get("kv_segment_ids")
+  return attn.Mask(jnp.asarray(fields["q_segment_ids"]), None if kv is None else jnp.asarray(kv),
+                   causal=fields["causal"], backend=backend)
 
 
 BACKENDS = {
@@ -90,7 +99,7 @@ BACKENDS = {
     "blockwise_small_blocks": functools.partial(attn.blockwise_attention, block_q=8, block_k=16),
     "splash_interpret": functools.partial(attn.splash_attention, interpret=True),
 }
-CASES = ("causal_padding", "packed_segments", "prefix_offset")
+CASES = ("causal_padding", "packed_segments", "prefix_offset", "rows_without_keys")
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
