@@ -227,11 +227,13 @@ def format_config(config: ml_collections.ConfigDict) -> str:
 # ---- validate ---------------------------------------------------------------------------------------------------
 
 
-def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_weights: bool = True) -> None:
+def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_weights: bool = True,
+             platform: str | None = None) -> None:
   """Rejects a bad config before any work with a ConfigError naming the key. Every entry point runs it.
 
   reads_data: whether the entry point reads the dataset (train, eval; not export), so that data.dir must exist.
   needs_weights: whether it loads the model's weights (all but geojax.plan, which compiles with shapes only).
+  platform: where the programs run, "cpu" | "gpu" | "tpu" (None: this host's; geojax.plan names its target's).
   """
   from geojax.data.chat import ANSWER_FORMATS, PROMPTS
   from geojax.experiment import DTYPES
@@ -268,7 +270,7 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
   check_choice(c, "model.param_dtype", list(DTYPES))
   check_choice(c, "model.attention", list(BACKENDS))
   try:
-    check_backend(m.attention)
+    check_backend(m.attention, platform)
   except ValueError as e:
     raise ConfigError(f"config key {e}") from None
   if m.preset != "tiny" and not m.hf_path and needs_weights:

@@ -100,6 +100,14 @@ def test_bad_value_names_the_key(override, key):
     validate(load("default.py", [override]))
 
 
+def test_attention_backend_is_checked_for_the_target_platform():
+  """geojax.plan compiles for a TPU topology from this CPU host: splash is the target's kernel, not this host's."""
+  config = load("default.py", ["model.attention=splash"])
+  validate(config, needs_weights=False, platform="tpu")
+  with pytest.raises(gconfig.ConfigError, match=r"model\.attention.*runs only on tpu"):
+    validate(config, needs_weights=False, platform="cpu")
+
+
 def test_arrayrecord_needs_an_existing_dir_unless_no_data_is_read(tmp_path):
   config = load("default.py", ["data.source=arrayrecord", f"data.dir={tmp_path / 'missing'}"])
   with pytest.raises(gconfig.ConfigError, match=r"config key 'data\.dir' .*missing.*no such directory"):
