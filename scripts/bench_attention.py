@@ -103,11 +103,11 @@ def speed(lengths: list[int], repeats: int) -> None:
 
 
 def tpu_compile(topology: str) -> None:
-  from jax.experimental import topologies
   from jax.sharding import NamedSharding, PartitionSpec
 
   from geojax.models.sharding import make_mesh
-  devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+  from geojax.plan import tpu_target
+  devices = tpu_target(topology).devices  # its environment: no metadata server, libtpu shared with other plans
   mesh = make_mesh((1, -1, 1), devices=devices)
   rows = len(devices)
   shapes = {"text": (2048, 28, 4, 128, True), "vision": (1024, 16, 16, 80, False)}
