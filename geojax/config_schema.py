@@ -233,7 +233,9 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
 
   reads_data: whether the entry point reads the dataset (train, eval; not export), so that data.dir must exist.
   needs_weights: whether it loads the model's weights (all but geojax.plan, which compiles with shapes only).
-  platform: where the programs run, "cpu" | "gpu" | "tpu" (None: this host's; geojax.plan names its target's).
+  platform: where the programs run, "cpu" | "gpu" | "tpu", to check model.attention against (geojax.plan: its
+    target's). None: `experiment.build_model` checks it on the mesh's devices; asking JAX for this host's platform
+    here would start its backend before `jax.distributed.initialize`, which multi-process runs must call first.
   """
   from geojax.data.chat import ANSWER_FORMATS, PROMPTS
   from geojax.experiment import DTYPES
@@ -269,10 +271,11 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
   check_choice(c, "model.dtype", list(DTYPES))
   check_choice(c, "model.param_dtype", list(DTYPES))
   check_choice(c, "model.attention", list(BACKENDS))
-  try:
-    check_backend(m.attention, platform)
-  except ValueError as e:
-    raise ConfigError(f"config key {e}") from None
+  if platform is not None:
+    try:
+      check_backend(m.attention, platform)
+    except ValueError as e:
+      raise ConfigError(f"config key {e}") from None
   if m.preset != "tiny" and not m.hf_path and needs_weights:
     raise ConfigError(f"config key 'model.hf_path' is empty: preset {m.preset!r} needs pretrained weights "
                       "(a local Hugging Face directory)")

@@ -99,12 +99,18 @@ class Mask:
     return cls(q, kv, causal, static_offset if offset is None else offset, padding, backend)
 
 
+def device_platform(device) -> str:
+  """"tpu", "gpu" or "cpu" for a device (or an abstract one)."""
+  return "gpu" if device.platform in ("cuda", "rocm", "gpu") else device.platform
+
+
 def current_platform() -> str:
   """"tpu", "gpu" or "cpu": the devices of the current mesh if one is set, else JAX's default backend."""
   mesh = jax.sharding.get_abstract_mesh()
   device = None if mesh.empty else getattr(mesh, "abstract_device", None)
-  platform = device.platform if device is not None else jax.default_backend()
-  return "gpu" if platform in ("cuda", "gpu") else platform
+  if device is not None:
+    return device_platform(device)
+  return "gpu" if jax.default_backend() in ("cuda", "rocm", "gpu") else jax.default_backend()
 
 
 def check_backend(backend: str, platform: str | None = None) -> str:
