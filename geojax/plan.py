@@ -442,7 +442,7 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   logging.set_verbosity(logging.WARNING)
   config = f.config
-  validate(config, reads_data=False, needs_weights=False)
+  validate(config, reads_data=False, needs_weights=False, platform=f.platform)
   if f.platform == "cpu":
     target = cpu_target(f.devices, f.hbm_gib)
   elif not f.topology:
