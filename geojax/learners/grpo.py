@@ -45,7 +45,7 @@ from geojax.data.batch import split_microbatches
 from geojax.learners.optim import accumulate_grads, apply_update
 from geojax.learners.rewards import as_reward, rewards_from_config
 from geojax.learners.rollout import (DynamicSampling, Rollout, RolloutSource, Sampled, completion_logprobs,
-                                     rollout_metrics, rollout_sequences)
+                                     microbatched_logprobs, rollout_metrics, rollout_sequences)
 from geojax.rl import DEFAULT_EPS, batch_counts, grpo_loss, reward_advantages
 from geojax.config import ConfigError
 from geojax.sampling import RolloutLayout, Sampler
@@ -55,14 +55,14 @@ from geojax.sampling.layout import rows_to_mesh
 class ReferencePolicy:
   """The frozen policy the KL term pulls toward: a copy of the parameters GRPO started from."""
 
-  def __init__(self, graphdef, params, rest, group: int):
-    self.graphdef, self.rest, self.group = graphdef, rest, group
+  def __init__(self, graphdef, params, rest, group: int, n_micro: int = 1):
+    self.graphdef, self.rest, self.group, self.n_micro = graphdef, rest, group, n_micro
     self.params = jax.tree.map(jnp.copy, params)
     self._logprobs = jax.jit(self._logprobs_fn, static_argnames=("grid", "prompt_len"))
 
   def _logprobs_fn(self, params, prompt, tokens, lengths, grid, prompt_len):
     seq = rollout_sequences(prompt, tokens, lengths, self.group)
-    return completion_logprobs(nnx.merge(self.graphdef, params, self.rest), seq, grid, prompt_len)
+    return microbatched_logprobs(nnx.merge(self.graphdef, params, self.rest), seq, grid, prompt_len, self.n_micro)
 
   def logprobs(self, sampled: Sampled) -> jax.Array:
     """[B*G, N] log-probs of the sampled completions (dispatched asynchronously)."""
@@ -128,7 +128,8 @@ class GRPOLearner(Learner):
     self.group = gc.group_size
     self.rollout = rollout
     if reference is True:  # built before any restore: the reference is the model GRPO started from
-      reference = ReferencePolicy(self.graphdef, self.state["params"], self.rest, self.group) if gc.beta > 0 else None
+      reference = (ReferencePolicy(self.graphdef, self.state["params"], self.rest, self.group, gc.grad_accum)
+                   if gc.beta > 0 else None)
     self.reference = reference or None
     self.advantage = advantage or GroupAdvantage(gc.advantage, gc.rewards, gc.adv_eps)
     if gaz is None:
@@ -190,8 +191,8 @@ class GRPOLearner(Learner):
     n_mini, n_updates = self.sc.minibatches, self.sc.updates_per_rollout
     if n_mini * n_updates == 1:  # old = current: no extra pass, the loss of plain GRPO
       return self._step_fn(state, seq, grid, prompt_len)
-    seq["old_logprobs"] = jax.lax.stop_gradient(completion_logprobs(self.model(state["params"]), seq, grid,
-                                                                    prompt_len))
+    seq["old_logprobs"] = jax.lax.stop_gradient(microbatched_logprobs(self.model(state["params"]), seq, grid,
+                                                                      prompt_len, self.sc.grad_accum))
     minibatches = split_microbatches(seq, n_mini)
     step = state["step"]
 

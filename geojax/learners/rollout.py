@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from geojax import runtime
-from geojax.data.batch import batch_shape, concat_examples, put_batch, repeat_examples, take_examples
+from geojax.data.batch import (batch_shape, concat_examples, put_batch, repeat_examples, split_microbatches,
+                               take_examples)
 from geojax.data.mrope import next_positions
 from geojax.evaluation import decode_completions
 from geojax.models import grid_tuple
@@ -218,6 +219,17 @@ def completion_logprobs(model, seq: dict, grid: tuple, prompt_len: int, chunk_si
   last = jnp.repeat(hp[:, -1:], group, axis=0) if group > 1 else hp[:, -1:]  # predicts the first completion token
   return chunked_logprobs(jnp.concatenate([last, hn], axis=1), model.language_model.output_matrix(),
                           ids[:, prompt_len:], chunk_size=chunk_size, compute_dtype=model.dtype, checkpoint=False)
+
+
+def microbatched_logprobs(model, seq: dict, grid: tuple, prompt_len: int, n_micro: int) -> jax.Array:
+  """completion_logprobs of `seq` in `n_micro` equal micro-batches one after another (a `jax.lax.map`), so that a
+  forward-only pass (the reference policy, the old policy of several updates per rollout) holds one micro-batch's
+  activations, as the update does (grad_accum)."""
+  if n_micro == 1:
+    return completion_logprobs(model, seq, grid, prompt_len)
+  micro = split_microbatches(seq, n_micro)
+  out = jax.lax.map(lambda mb: completion_logprobs(model, mb, grid[:len(grid) // n_micro], prompt_len), micro)
+  return out.reshape(-1, out.shape[-1])
 
 
 def _group_of(grid: tuple, n_patches: int) -> int:

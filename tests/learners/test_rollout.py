@@ -6,6 +6,7 @@ import optax
 
 from geojax import experiment
 from geojax import learners
+from geojax.learners.rollout import microbatched_logprobs
 from geojax.models import grid_tuple
 from geojax.models.logprobs import token_logprobs
 from geojax.sampling import generate
@@ -88,8 +89,10 @@ def test_completion_logprobs_equal_the_full_sequence_ones(tmp_path, builtin_dir)
     full = token_logprobs(*args, image_mask=image_mask, chunk_size=7)
     part = token_logprobs(*args, image_mask=image_mask, chunk_size=7, start=prompt_len - 1)
     lp = learners.completion_logprobs(model, seq, grid, prompt_len, chunk_size=7)
-  assert part.shape == lp.shape == (ids.shape[0], ids.shape[1] - prompt_len)
+    micro = microbatched_logprobs(model, seq, grid, prompt_len, 2)  # the reference pass under grad_accum 2
+  assert part.shape == lp.shape == micro.shape == (ids.shape[0], ids.shape[1] - prompt_len)
   np.testing.assert_allclose(np.asarray(part), np.asarray(full)[:, prompt_len - 1:], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(micro), np.asarray(full)[:, prompt_len - 1:], atol=1e-5)
   np.testing.assert_allclose(np.asarray(lp), np.asarray(full)[:, prompt_len - 1:], atol=1e-5)
 
 
