@@ -36,7 +36,10 @@ class Dense(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     n_in = len(self.in_shape)
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), (contract, ((), ())))
+    kernel = self.kernel[...]
+    if isinstance(kernel, jax.Array):  # not a qwix-quantized kernel (QLoRA), which qwix's dot_general dequantizes
+      kernel = kernel.astype(self.dtype)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
