@@ -121,7 +121,7 @@ def _fix_axes(model) -> None:
   dim, B [rank, out] like its first output dim; the rank dim unsharded. Re-placed on the model's mesh."""
   from geojax.models.sharding import named_sharding
   mesh = _mesh_of(model)
-  for _, module in model.iter_modules():
+  for _, module in nnx.iter_modules(model):
     for name in [k for k in vars(module) if k.endswith("_lora_a")]:
       kernel_axes = _kernel_axes(module, name[:-len("_lora_a")])
       n_in = len(getattr(module, "in_shape", (0,)))
@@ -158,7 +158,7 @@ def with_dropout(model, key: jax.Array):
   """`model` with LoRA dropout drawing from `key` (inside a jitted loss: the merged model is that trace's own)."""
   if has_lora(model) and type(model).lora_spec.dropout > 0:
     rngs = nnx.Rngs(dropout=key)
-    for _, module in model.iter_modules():
+    for _, module in nnx.iter_modules(model):
       module.qwix_rngs = rngs
   return model
 
@@ -170,7 +170,7 @@ def adapter_tensors(model) -> dict[str, tuple[jax.Array, jax.Array]]:
   """{kernel path ("language_model.layers.0.self_attn.q_proj.kernel"): (A [in, rank], B [rank, out])}: the one
   place that reads adapters by path (a scanned model with stacked layers would split its layer axis here)."""
   out = {}
-  for path, module in model.iter_modules():
+  for path, module in nnx.iter_modules(model):
     for name in [k for k in vars(module) if k.endswith("_lora_a")]:
       kernel = name[:-len("_lora_a")]
       key = ".".join(str(p) for p in (*path, kernel))
@@ -180,7 +180,7 @@ def adapter_tensors(model) -> dict[str, tuple[jax.Array, jax.Array]]:
 
 def set_adapter_tensors(model, tensors: dict[str, tuple]) -> None:
   """Inverse of `adapter_tensors` (in place; each given pair must exist in the model with the same shapes)."""
-  modules = {".".join(str(p) for p in path): m for path, m in model.iter_modules()}
+  modules = {".".join(str(p) for p in path): m for path, m in nnx.iter_modules(model)}
   for key, (a, b) in tensors.items():
     module_path, _, kernel = key.rpartition(".")
     module = modules[module_path]
@@ -222,7 +222,7 @@ def merged_model(model):
     return w
 
   values = {}
-  for path, module in model.iter_modules():
+  for path, module in nnx.iter_modules(model):
     for name, node in vars(module).items():
       if name.endswith(("_lora_a", "_lora_b")):
         continue

@@ -1,0 +1,103 @@
+"""LoRA / QLoRA (qwix) on QwenVL: PEFT adapters out to peft and in from peft, merged export to transformers, each
+checked by logits against the transformers / peft model (references geojax did not write)."""
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from geojax.models import load_hf, lora, save_hf
+from geojax.models.peft_io import load_peft_adapter, save_peft_adapter
+from tests.models.test_hf_io import _hf_class
+from tests.models.test_qwen_vl import CASES, forward, hf_logits, make_batch, rel_err
+
+peft = pytest.importorskip("peft")
+VERSION = "qwen2_5_vl"
+# peft's names for the same modules as lora.TARGETS["all"] (the decoder's and the vision blocks' projections)
+PEFT_TARGETS = r".*\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.\w+_proj)|layers\.\d+\.\w+\.\w_?\w*_proj)"
+
+
+def _randomize(model, seed=0):
+  """Adapters with random A and B (fresh ones have B = 0, which would test nothing)."""
+  rng = np.random.default_rng(seed)
+  lora.set_adapter_tensors(model, {k: (0.3 * rng.standard_normal(a.shape), 0.3 * rng.standard_normal(b.shape))
+                                   for k, (a, b) in lora.adapter_tensors(model).items()})
+  return model
+
+
+def _lora_model(path, **spec):
+  return lora.apply_lora(load_hf(path), lora.LoraSpec(**{"rank": 4, "alpha": 8.0, "targets": "all", **spec}))
+
+
+def test_peft_adapter_loads_in_peft_with_equal_logits(hf_checkpoint, rng, tmp_path):
+  hf, path = hf_checkpoint(VERSION)
+  model = _randomize(_lora_model(path))
+  save_peft_adapter(model, str(tmp_path))
+  config = json.loads((tmp_path / "adapter_config.json").read_text())
+  assert config["r"] == 4 and config["lora_alpha"] == 8.0
+  ref = peft.PeftModel.from_pretrained(_hf_class(VERSION).from_pretrained(path), str(tmp_path)).eval()
+  ids, mask, pixels, grids = make_batch(rng, CASES["two_images_one_row"])
+  want = hf_logits(ref, ids, mask, pixels, grids)
+  assert np.abs(want - hf_logits(hf, ids, mask, pixels, grids)).max() > 0.1  # the adapters change the logits
+  assert rel_err(forward(model, ids, mask, pixels, grids), want, mask) <= 1e-4  # as the base against transformers
+
+
+def test_peft_made_adapter_loads_with_equal_logits(hf_checkpoint, rng, tmp_path):
+  _, path = hf_checkpoint(VERSION)
+  made = peft.get_peft_model(_hf_class(VERSION).from_pretrained(path),
+                             peft.LoraConfig(r=4, lora_alpha=8, target_modules=PEFT_TARGETS))
+  torch.manual_seed(0)
+  with torch.no_grad():
+    for name, p in made.named_parameters():
+      if "lora_B" in name:
+        p.normal_(0.0, 0.3)
+  made.save_pretrained(str(tmp_path))
+  model = _lora_model(path)
+  n_ours = len(lora.adapter_tensors(model))
+  assert len(made.targeted_module_names) == n_ours  # the same modules carry adapters
+  load_peft_adapter(model, str(tmp_path))
+  ids, mask, pixels, grids = make_batch(rng, CASES["left_padded_batch_of_3"])
+  assert rel_err(forward(model, ids, mask, pixels, grids), hf_logits(made.eval(), ids, mask, pixels, grids),
+                 mask) <= 1e-4  # as the base model against transformers
+
+
+def test_peft_adapter_settings_lora_cannot_honour_are_refused(hf_checkpoint, tmp_path):
+  _, path = hf_checkpoint(VERSION)
+  model = _lora_model(path)
+  save_peft_adapter(model, str(tmp_path))
+  config = json.loads((tmp_path / "adapter_config.json").read_text())
+  (tmp_path / "adapter_config.json").write_text(json.dumps(dict(config, use_dora=True, r=8)))
+  with pytest.raises(ValueError, match=r"use_dora True.*r=8"):
+    load_peft_adapter(model, str(tmp_path))
+
+
+@pytest.mark.parametrize("quantize", ["none", "nf4"])
+def test_merged_export_loads_in_transformers_with_equal_logits(hf_checkpoint, rng, tmp_path, quantize):
+  _, path = hf_checkpoint(VERSION)
+  model = _randomize(_lora_model(path, quantize=quantize))
+  save_hf(lora.merged_model(model), str(tmp_path))
+  ids, mask, pixels, grids = make_batch(rng, CASES["one_image"])
+  want = forward(model, ids, mask, pixels, grids)
+  got = hf_logits(_hf_class(VERSION).from_pretrained(str(tmp_path)).eval(), ids, mask, pixels, grids)
+  # x W + (x A) B against x (W + A B) rounded once in float32; nf4: qwix's quantized matmul against the dequantized
+  # weights
+  assert rel_err(got, want, mask) <= (5e-4 if quantize == "none" else 1e-3)
+
+
+def test_adapters_start_off_and_only_adapters_are_split_out(hf_checkpoint, rng):
+  _, path = hf_checkpoint(VERSION)
+  base = load_hf(path)
+  model = _lora_model(path)
+  ids, mask, pixels, grids = make_batch(rng, CASES["one_image"])
+  np.testing.assert_allclose(forward(model, ids, mask, pixels, grids), forward(base, ids, mask, pixels, grids),
+                             atol=1e-5)
+  _, adapters, _ = lora.split_params(model)
+  names = {str(path[-1]) for path, _ in nnx.to_flat_state(adapters)}
+  assert names == {"kernel_lora_a", "kernel_lora_b"}
+  assert lora.count_trainable(model) == sum(int(np.prod(a.shape)) + int(np.prod(b.shape))
+                                            for a, b in lora.adapter_tensors(model).values())
+  with pytest.raises(ValueError, match="match no module"):
+    lora.apply_lora(base, lora.LoraSpec(rank=2, targets=r"nothing/\d+"))
+  assert all(jnp.all(b == 0) for _, b in lora.adapter_tensors(model).values())
