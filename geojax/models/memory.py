@@ -79,10 +79,28 @@ def _layer_activation_bytes(s: int, b: int, d: int, heads: int, kv_dim: int, int
   return 2 * s * b * d  # "full": the layer input only
 
 
+# Bytes per weight of a frozen base kernel under model.lora.quantize (nf4: 4 bits; per-channel scales neglected).
+BASE_BYTES = {"none": 4.0, "int8": 1.0, "nf4": 0.5}
+
+
+def lora_counts(config: QwenVLConfig, rank: int) -> tuple[int, int]:
+  """(adapter parameters, parameters of the kernels they adapt) for LoRA of `rank` on the decoder's q/k/v/o/gate/
+  up/down projections (model.lora.targets "text")."""
+  t = config.text
+  d, q, kv, m = t.hidden_size, t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim, t.intermediate_size
+  shapes = ((d, q), (d, kv), (d, kv), (q, d), (d, m), (d, m), (m, d))
+  return t.num_layers * rank * sum(i + o for i, o in shapes), t.num_layers * sum(i * o for i, o in shapes)
+
+
 def memory_plan(config: QwenVLConfig, *, chips: int = 32, micro_batch: int = 8, seq_len: int = 1024,
                 images: int = 1, patches: int = 1024, rollout_batch: int = 16, chunk: int = 256,
-                remat_policy: str | None = None, n_params: int | None = None) -> MemoryPlan:
-  """GiB per chip for one GRPO training step of `config` on `chips` chips (see the module docstring)."""
+                remat_policy: str | None = None, n_params: int | None = None, lora_rank: int = 0,
+                quantize: str = "none") -> MemoryPlan:
+  """GiB per chip for one GRPO training step of `config` on `chips` chips (see the module docstring).
+
+  lora_rank > 0: LoRA on the decoder projections (quantize: their frozen base in int8 / nf4, QLoRA). Gradients,
+  AdamW moments and the reference are the adapters' (float32; the reference shares the frozen base), activations
+  as without LoRA (the rank-r activations are neglected)."""
   policy = remat_policy or config.remat_policy
   n = n_params if n_params is not None else count_params(config)
   t, v = config.text, config.vision
@@ -98,9 +116,15 @@ def memory_plan(config: QwenVLConfig, *, chips: int = 32, micro_batch: int = 8, 
                                     "none")
   logits = 3 * 4 * micro_batch * chunk * t.vocab_size
   kv = rollout_batch * seq_len * t.num_layers * 2 * kv_dim * 2
+  activations = (text_layers + vision_layers + working + logits) / GIB
+  if lora_rank:
+    adapters, adapted = lora_counts(config, lora_rank)
+    base = 4 * (n - adapted) + BASE_BYTES[quantize] * adapted
+    return MemoryPlan(params=(base + 4 * adapters) / chips / GIB, grads=4 * adapters / chips / GIB,
+                      optimizer=8 * adapters / chips / GIB, reference=4 * adapters / chips / GIB,
+                      activations=activations, kv_cache=kv / GIB)
   return MemoryPlan(params=4 * shard / GIB, grads=4 * shard / GIB, optimizer=8 * shard / GIB,
-                    reference=2 * shard / GIB, activations=(text_layers + vision_layers + working + logits) / GIB,
-                    kv_cache=kv / GIB)
+                    reference=2 * shard / GIB, activations=activations, kv_cache=kv / GIB)
 
 
 def table(config: QwenVLConfig, **kwargs) -> str:
@@ -116,7 +140,38 @@ def table(config: QwenVLConfig, **kwargs) -> str:
   return "\n".join(lines)
 
 
+def lora_table(config: QwenVLConfig, rank: int = 16, **kwargs) -> str:
+  """Full fine-tuning against LoRA (`rank`) and QLoRA (int8, nf4) for one setting of `memory_plan`."""
+  n = count_params(config)
+  variants = {"full": {}, f"LoRA r{rank}": {"lora_rank": rank}, f"QLoRA r{rank} int8": {"lora_rank": rank,
+              "quantize": "int8"}, f"QLoRA r{rank} nf4": {"lora_rank": rank, "quantize": "nf4"}}
+  plans = {k: memory_plan(config, n_params=n, **kwargs, **v) for k, v in variants.items()}
+  fields = ("params", "grads", "optimizer", "reference", "activations", "kv_cache", "total")
+  lines = ["| GiB per chip | " + " | ".join(fields) + " |", "|---" * (len(fields) + 1) + "|"]
+  for label, plan in plans.items():
+    lines.append(f"| {label} | " + " | ".join(f"{getattr(plan, f):.2f}" for f in fields) + " |")
+  return "\n".join(lines)
+
+
+def format_lora_plans(preset: str = "qwen2.5-vl-7b", rank: int = 16) -> str:
+  """The 7B recipe's memory with LoRA and QLoRA: 32 chips as in the table above, a v5e-8 and one GPU."""
+  from geojax.models.presets import PRESETS
+  config = PRESETS[preset]
+  adapters, _ = lora_counts(config, rank)
+  out = [f"{preset}: {count_params(config) / 1e9:.2f}B params; LoRA r{rank} on the decoder projections: "
+         f"{adapters / 1e6:.1f}M adapter params"]
+  for title, kwargs in (("32 chips, 8 x 1024 tokens per chip, remat full", dict(chips=32)),
+                        ("8 chips (v5e-8), 2 x 1024 tokens per chip, remat full", dict(chips=8, micro_batch=2,
+                                                                                        rollout_batch=8)),
+                        ("1 chip (one GPU), 1 x 1024 tokens, remat full", dict(chips=1, micro_batch=1,
+                                                                              rollout_batch=8))):
+    out += ["", title + ":", lora_table(config, rank, remat_policy="full", **kwargs)]
+  return "\n".join(out)
+
+
 if __name__ == "__main__":
   from geojax.models.presets import PRESETS
   print(f"Qwen2.5-VL-7B ({count_params(PRESETS['qwen2.5-vl-7b']) / 1e9:.2f}B params), 32 chips:")
   print(table(PRESETS["qwen2.5-vl-7b"]))
+  print()
+  print(format_lora_plans())

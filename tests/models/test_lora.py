@@ -101,3 +101,15 @@ def test_adapters_start_off_and_only_adapters_are_split_out(hf_checkpoint, rng):
   with pytest.raises(ValueError, match="match no module"):
     lora.apply_lora(base, lora.LoraSpec(rank=2, targets=r"nothing/\d+"))
   assert all(jnp.all(b == 0) for _, b in lora.adapter_tensors(model).values())
+
+
+def test_memory_plan_counts_the_adapters_geojax_makes(hf_checkpoint):
+  from geojax.models.memory import lora_counts, memory_plan
+  _, path = hf_checkpoint(VERSION)
+  model = _lora_model(path, targets="text")
+  adapters, adapted = lora_counts(model.config, 4)
+  assert lora.count_trainable(model) == adapters
+  assert adapted == sum(int(np.prod(a.shape[:1])) * int(np.prod(b.shape[1:]))
+                        for a, b in lora.adapter_tensors(model).values())
+  full, qlora = memory_plan(model.config, lora_rank=0), memory_plan(model.config, lora_rank=4, quantize="nf4")
+  assert qlora.reference < full.reference and qlora.optimizer < full.optimizer and qlora.params < full.params
