@@ -1,7 +1,7 @@
 """The main job (configs/default.py) with full fine-tuning against LoRA and QLoRA (qwix), and the 7B memory plans.
 
     python scripts/bench_lora.py                                  # full, lora (rank 16), qlora (rank 16, nf4)
-    python scripts/bench_lora.py --sft_steps 300 --grpo_steps 20  # the shorter variant BENCHMARKS.md records
+    python scripts/bench_lora.py --sft_steps 100 --grpo_steps 10 --eval_examples 100 --parallel  # shorter
     python scripts/bench_lora.py --plan_only                      # only the 7B memory plans
 
 Each variant is a fresh process running `geojax.train.train` on the same config apart from model.lora.*: trainable
@@ -33,7 +33,8 @@ def child(variant: str, args) -> dict:
   from geojax.learners import GRPOLearner, SFTLearner
 
   overrides = {"workdir": os.path.join(args.workdir, variant), "sft.steps": args.sft_steps,
-               "grpo.steps": args.grpo_steps, "log.progress": False, "log.tensorboard": False,
+               "grpo.steps": args.grpo_steps, "eval.num_examples": args.eval_examples, "log.progress": False,
+               "log.tensorboard": False,
                "eval_before": False, **VARIANTS[variant]}
   config = gconfig.load(os.path.join(ROOT, "configs", "default.py"), [f"{k}={v}" for k, v in overrides.items()])
   times: dict[str, list[float]] = {"sft": [], "grpo": []}
@@ -96,6 +97,9 @@ def main() -> None:
   parser.add_argument("--variants", default="full,lora,qlora")
   parser.add_argument("--sft_steps", type=int, default=1000)
   parser.add_argument("--grpo_steps", type=int, default=100)
+  parser.add_argument("--eval_examples", type=int, default=0, help="test examples evaluated (0: all 400)")
+  parser.add_argument("--parallel", action="store_true", help="run the variants at the same time (a shared, busy "
+                      "machine then slows them alike)")
   parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench_lora"))
   parser.add_argument("--plan_only", action="store_true")
   parser.add_argument("--child", default="")
@@ -106,15 +110,24 @@ def main() -> None:
       json.dump(child(args.child, args), f)
     return
   if not args.plan_only:
+    os.makedirs(args.workdir, exist_ok=True)
+    variants = args.variants.split(",")
+    outs = [os.path.join(args.workdir, f"{v}.json") for v in variants]
+    common = ["--sft_steps", str(args.sft_steps), "--grpo_steps", str(args.grpo_steps), "--eval_examples",
+              str(args.eval_examples), "--workdir", args.workdir]
+    procs = []
+    for variant, out in zip(variants, outs):
+      procs.append(subprocess.Popen([sys.executable, __file__, "--child", variant, "--out", out, *common]))
+      if not args.parallel:
+        procs[-1].wait()
+    if any(p.wait() for p in procs):
+      raise SystemExit("a variant failed")
     rows = []
-    for variant in args.variants.split(","):
-      out = os.path.join(args.workdir, f"{variant}.json")
-      os.makedirs(args.workdir, exist_ok=True)
-      subprocess.run([sys.executable, __file__, "--child", variant, "--out", out, "--sft_steps", str(args.sft_steps),
-                      "--grpo_steps", str(args.grpo_steps), "--workdir", args.workdir], check=True)
+    for out in outs:
       with open(out) as f:
         rows.append(json.load(f))
-    print(f"\nmain job, sft.steps={args.sft_steps}, grpo.steps={args.grpo_steps}\n{table(rows)}")
+    print(f"\nmain job, sft.steps={args.sft_steps}, grpo.steps={args.grpo_steps}, eval.num_examples="
+          f"{args.eval_examples}{', variants in parallel' if args.parallel else ''}\n{table(rows)}")
   print(f"\n{plans()}")
 
 

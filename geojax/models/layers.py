@@ -96,6 +96,18 @@ ACTIVATIONS = {
 }
 
 
+def remat(run, policy):
+  """jax.checkpoint of run(module, *args) with the module passed as its state: nnx.remat's write-back of the
+  module's variables fails on a qwix LoRA model (TraceContextError, qwix 0.1.8), and the layers change no state."""
+
+  def call(module, *args):
+    graphdef, state = nnx.split(module)
+    return jax.checkpoint(lambda state, *args: run(nnx.merge(graphdef, state), *args), policy=policy,
+                          prevent_cse=True)(state, *args)
+
+  return call
+
+
 def rotate_half(x: jax.Array) -> jax.Array:
   half = x.shape[-1] // 2
   return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)

@@ -102,7 +102,10 @@ def apply_lora(model, spec: LoraSpec, seed: int = 0):
 
   @jax.jit
   def init(state):  # one traced forward, not an eager one (op by op, ~30x slower on CPU)
-    adapted = qwix.apply_lora_to_model(nnx.merge(graphdef, state), provider, *args, rngs=nnx.Rngs(seed), **kwargs)
+    base = nnx.merge(graphdef, state)
+    policies = _set_remat(base, None)  # adapters created inside a rematerialized layer would stay there
+    adapted = qwix.apply_lora_to_model(base, provider, *args, rngs=nnx.Rngs(seed), **kwargs)
+    _set_remat(adapted, policies)
     made["graphdef"], new_state = nnx.split(adapted)
     return new_state
 
@@ -116,6 +119,15 @@ def apply_lora(model, spec: LoraSpec, seed: int = 0):
   model.__class__ = type(base.__name__, (base,), {"_unquantized_type": base, "lora_spec": spec, **wrapped})
   _fix_axes(model)
   return model
+
+
+def _set_remat(model, policies: dict | None) -> dict:
+  """Sets the towers' remat_policy attributes ("none" for all when `policies` is None); returns the old ones."""
+  towers = {"language_model": model.language_model, "visual": model.visual}
+  old = {k: m.remat_policy for k, m in towers.items()}
+  for k, m in towers.items():
+    m.remat_policy = "none" if policies is None else policies[k]
+  return old
 
 
 def _mesh_of(model):

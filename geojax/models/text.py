@@ -16,7 +16,7 @@ from flax import nnx
 
 from geojax.models.config import TextConfig
 from geojax.models.layers import (Dense, Embed, RMSNorm, apply_rotary, inverse_frequencies, masked_attention,
-                                  one_query_attention)
+                                  one_query_attention, remat)
 from geojax.models.sharding import shard
 
 CACHE_AXES = ("batch", "cache_length", "kv_heads", "head_dim")  # the sequence path's cache
@@ -159,7 +159,7 @@ class TextDecoder(nnx.Module):
     cos, sin = mrope_cos_sin(positions, self.cfg)
     run = _run_layer
     if self.remat_policy != "none":
-      run = nnx.remat(_run_layer, policy=REMAT[self.remat_policy], prevent_cse=True)
+      run = remat(_run_layer, REMAT[self.remat_policy])
     x = shard(x, ("batch", "length", "act_embed"))
     for layer in self.layers:
       x = run(layer, x, cos, sin, mask)
@@ -179,7 +179,7 @@ class TextDecoder(nnx.Module):
     cos_n, sin_n = mrope_cos_sin(pos_n, self.cfg)
     run = functools.partial(_run_prefix_layer, group=group)
     if self.remat_policy != "none":
-      run = nnx.remat(run, policy=REMAT[self.remat_policy], prevent_cse=True)
+      run = remat(run, REMAT[self.remat_policy])
     xp, xn = shard(xp, ("batch", "length", "act_embed")), shard(xn, ("batch", "length", "act_embed"))
     for layer in self.layers:
       xp, xn = run(layer, xp, xn, cos_p, sin_p, cos_n, sin_n, mask_p, mask_n)

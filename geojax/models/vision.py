@@ -18,7 +18,7 @@ from flax import nnx
 
 from geojax.models.config import VisionConfig
 from geojax.models.layers import (ACTIVATIONS, Dense, LayerNorm, RMSNorm, apply_rotary, inverse_frequencies,
-                                  masked_attention)
+                                  masked_attention, remat)
 from geojax.models.sharding import shard
 from geojax.models.text import REMAT
 
@@ -220,7 +220,7 @@ class VisionTower(nnx.Module):
       seg = plan.full if full else plan.windows
       run = _block_runner(seg)
       if self.remat_policy != "none":
-        run = nnx.remat(run, policy=REMAT[self.remat_policy], prevent_cse=True)
+        run = remat(run, REMAT[self.remat_policy])
       x = run(block, x, cos, sin)
     out = self.merger(x)
     if plan.restore is not None:

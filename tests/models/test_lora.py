@@ -2,14 +2,18 @@
 checked by logits against the transformers / peft model (references geojax did not write)."""
 import json
 
+import jax
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from flax import nnx
 
-from geojax.models import load_hf, lora, save_hf
+from geojax.data.mrope import rope_index
+from geojax.models import grid_tuple, load_hf, lora, make_mesh, save_hf
 from geojax.models.peft_io import load_peft_adapter, save_peft_adapter
+from tests.models import tiny_hf
 from tests.models.test_hf_io import _hf_class
 from tests.models.test_qwen_vl import CASES, forward, hf_logits, make_batch, rel_err
 
@@ -113,3 +117,34 @@ def test_memory_plan_counts_the_adapters_geojax_makes(hf_checkpoint):
                         for a, b in lora.adapter_tensors(model).values())
   full, qlora = memory_plan(model.config, lora_rank=0), memory_plan(model.config, lora_rank=4, quantize="nf4")
   assert qlora.reference < full.reference and qlora.optimizer < full.optimizer and qlora.params < full.params
+
+
+def test_sharded_with_remat_equals_unsharded(hf_checkpoint, rng):
+  """Adapters placed by their logical axes on 8 devices (fsdp x tensor); a jitted, rematerialized loss and its
+  gradient in the adapters equal the unsharded ones."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS)")
+  _, path = hf_checkpoint(VERSION)
+  ids, mask, pixels, grids = make_batch(rng, CASES["one_image"])
+  ids, mask = np.repeat(ids, 4, axis=0), np.repeat(mask, 4, axis=0)
+  pixels, grids = np.concatenate([pixels] * 4), np.concatenate([grids] * 4)
+  positions, _ = rope_index(ids, mask, grids, image_token_id=tiny_hf.IMAGE_ID)
+  spec = lora.LoraSpec(rank=4, alpha=8.0, quantize="int8")
+
+  def loss_and_grad(model):
+    graphdef, adapters, rest = lora.split_params(model)
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p, rest)(ids, mask, pixels, grid_tuple(grids), positions) ** 2)
+    value, grads = jax.jit(jax.value_and_grad(loss))(adapters)
+    return float(value), [np.asarray(g) for g in jax.tree.leaves(grads)]
+
+  want = loss_and_grad(_randomize(lora.apply_lora(load_hf(path), spec)))
+  mesh = make_mesh((1, 4, 2))
+  model = _randomize(lora.apply_lora(load_hf(path, mesh=mesh, remat_policy="full"), spec))
+  q = model.language_model.layers[0].self_attn.q_proj
+  assert q.kernel_lora_a[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+  assert q.kernel_lora_b[...].sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
+  with jax.set_mesh(mesh):
+    got = loss_and_grad(model)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  for g, w in zip(got[1], want[1]):
+    np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-3 * np.abs(w).max())  # sharded sums in another order

@@ -13,8 +13,8 @@ from geojax.models import lora
 from tests.train.helpers import losses, tiny_config
 from tests.train.test_resume import _truncate_checkpoints
 
-LORA = {"sft.steps": 2, "model.lora.rank": 4, "model.lora.alpha": 8.0, "model.lora.dropout": 0.1, "model.lora.targets": "all",
-        "model.lora.quantize": "int8"}
+LORA = {"sft.steps": 2, "model.lora.rank": 4, "model.lora.alpha": 8.0, "model.lora.dropout": 0.1,
+        "model.lora.targets": "all", "model.lora.quantize": "int8"}
 
 
 def _only_adapters(tree) -> bool:
