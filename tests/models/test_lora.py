@@ -148,3 +148,21 @@ def test_sharded_with_remat_equals_unsharded(hf_checkpoint, rng):
   np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
   for g, w in zip(got[1], want[1]):
     np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-3 * np.abs(w).max())  # sharded sums in another order
+
+
+def test_sampler_decodes_with_the_adapters(hf_checkpoint, rng):
+  """The sampler's prefill / one-token decode run the adapters too: its log-probs of its greedy tokens equal those of
+  a full forward over prompt + tokens (as GRPO's trainer computes them)."""
+  from geojax.sampling import Sampler
+  _, path = hf_checkpoint(VERSION)
+  model = _randomize(_lora_model(path), seed=1)
+  ids, mask, pixels, grids = make_batch(rng, CASES["one_image"])
+  result = Sampler(model, max_new_tokens=4, temperature=0.0)(None, ids, mask, pixels, grids)
+  tokens = np.asarray(result.tokens)
+  full = np.concatenate([ids, tokens], axis=1)
+  logits = forward(model, full, np.ones_like(full), pixels, grids)[:, ids.shape[1] - 1:-1]
+  logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))
+  want = np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+  np.testing.assert_allclose(np.asarray(result.logprobs), want, atol=1e-4)
+  base = Sampler(load_hf(path), max_new_tokens=4, temperature=0.0)(None, ids, mask, pixels, grids)
+  assert not np.allclose(np.asarray(base.logprobs), np.asarray(result.logprobs), atol=1e-3)
