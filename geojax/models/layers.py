@@ -33,15 +33,19 @@ class Dense(nnx.Module):
     self.kernel = param(rngs, self.in_shape + self.out_shape, axes, "normal", param_dtype)
     self.bias = param(rngs, self.out_shape, axes[len(self.in_shape):], "zeros", param_dtype) if bias else None
 
+    self.lora = nnx.data(None)  # a low-rank adapter, under LoRA (geojax.models.lora)
+
   def __call__(self, x: jax.Array) -> jax.Array:
     n_in = len(self.in_shape)
-    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    kernel = self.kernel[...]
-    if isinstance(kernel, jax.Array):  # not a qwix-quantized kernel (QLoRA), which qwix's dot_general dequantizes
-      kernel = kernel.astype(self.dtype)
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())))
+    dims = ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ()))
+    if isinstance(self.kernel, nnx.Variable):
+      y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), dims)
+    else:  # QLoRA's frozen quantized kernel (geojax.models.lora.QuantizedKernel)
+      y = self.kernel.dot_general(x.astype(self.dtype), dims).astype(self.dtype)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
+    if self.lora is not None:
+      y = y + self.lora(x)
     return y
 
 
@@ -94,18 +98,6 @@ ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
 }
-
-
-def remat(run, policy):
-  """jax.checkpoint of run(module, *args) with the module passed as its state: nnx.remat's write-back of the
-  module's variables fails on a qwix LoRA model (TraceContextError, qwix 0.1.8), and the layers change no state."""
-
-  def call(module, *args):
-    graphdef, state = nnx.split(module)
-    return jax.checkpoint(lambda state, *args: run(nnx.merge(graphdef, state), *args), policy=policy,
-                          prevent_cse=True)(state, *args)
-
-  return call
 
 
 def rotate_half(x: jax.Array) -> jax.Array:

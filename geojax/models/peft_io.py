@@ -20,7 +20,7 @@ from geojax.models.safetensors_io import SafetensorsFile, write_file
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."
-# adapter_config.json settings geojax's LoRA (qwix: x A B alpha / r on Linear layers) cannot honour, and their
+# adapter_config.json settings geojax's LoRA (x A B alpha / r on Dense layers) cannot honour, and their
 # neutral values
 UNSUPPORTED = {"use_dora": False, "use_rslora": False, "fan_in_fan_out": False, "rank_pattern": {}, "alpha_pattern": {},
                "modules_to_save": None, "layers_to_transform": None, "trainable_token_indices": None,
@@ -29,7 +29,7 @@ UNSUPPORTED = {"use_dora": False, "use_rslora": False, "fan_in_fan_out": False, 
 
 def adapter_config(model, base_model_name_or_path: str | None = None) -> dict:
   """The adapter_config.json of `model`'s adapters (target_modules: the full names of the adapted modules)."""
-  spec = type(model).lora_spec
+  spec = model.lora_spec
   return {"peft_type": "LORA", "task_type": None, "r": spec.rank, "lora_alpha": spec.alpha,
           "lora_dropout": spec.dropout, "bias": "none", "init_lora_weights": True, "inference_mode": True,
           "base_model_name_or_path": base_model_name_or_path,
@@ -56,11 +56,11 @@ def save_peft_adapter(model, path: str, base_model_name_or_path: str | None = No
 
 def load_peft_adapter(model, path: str) -> None:
   """Set `model`'s adapters (in place) from a PEFT LoRA directory. Its r and lora_alpha must equal the model's;
-  settings qwix's LoRA cannot honour (DoRA, rsLoRA, per-module ranks, biases, ...) and adapters on modules the model
+  settings geojax's LoRA cannot honour (DoRA, rsLoRA, per-module ranks, biases, ...) and adapters on modules the model
   has none on are refused (ValueError naming them); modules the adapter does not cover keep B = 0 (no change)."""
   with open(os.path.join(path, CONFIG_FILE)) as f:
     cfg = json.load(f)
-  spec = type(model).lora_spec
+  spec = model.lora_spec
   problems = [f"peft_type {cfg.get('peft_type')!r} (expected 'LORA')"] if cfg.get("peft_type") != "LORA" else []
   problems += [f"{key} {cfg[key]!r}" for key in UNSUPPORTED if cfg.get(key)]  # every neutral value is falsy
   if cfg.get("bias", "none") != "none":

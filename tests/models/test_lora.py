@@ -1,4 +1,4 @@
-"""LoRA / QLoRA (qwix) on QwenVL: PEFT adapters out to peft and in from peft, merged export to transformers, each
+"""LoRA / QLoRA (adapters in geojax's Dense, the base quantized by qwix) on QwenVL, scanned layers: PEFT adapters out to peft and in from peft, merged export to transformers, each
 checked by logits against the transformers / peft model (references geojax did not write)."""
 import json
 
@@ -99,11 +99,13 @@ def test_adapters_start_off_and_only_adapters_are_split_out(hf_checkpoint, rng):
                              atol=1e-5)
   _, adapters, _ = lora.split_params(model)
   names = {str(path[-1]) for path, _ in nnx.to_flat_state(adapters)}
-  assert names == {"kernel_lora_a", "kernel_lora_b"}
+  assert names == {"a", "b"}
   assert lora.count_trainable(model) == sum(int(np.prod(a.shape)) + int(np.prod(b.shape))
                                             for a, b in lora.adapter_tensors(model).values())
   with pytest.raises(ValueError, match="match no module"):
     lora.apply_lora(base, lora.LoraSpec(rank=2, targets=r"nothing/\d+"))
+  with pytest.raises(ValueError, match="some layers"):  # the layers are one scanned stack: all or none
+    lora.apply_lora(base, lora.LoraSpec(rank=2, targets=r"language_model/layers/0/mlp/up_proj"))
   assert all(jnp.all(b == 0) for _, b in lora.adapter_tensors(model).values())
 
 
@@ -140,9 +142,9 @@ def test_sharded_with_remat_equals_unsharded(hf_checkpoint, rng):
   want = loss_and_grad(_randomize(lora.apply_lora(load_hf(path), spec)))
   mesh = make_mesh((1, 4, 2))
   model = _randomize(lora.apply_lora(load_hf(path, mesh=mesh, remat_policy="full"), spec))
-  q = model.language_model.layers[0].self_attn.q_proj
-  assert q.kernel_lora_a[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
-  assert q.kernel_lora_b[...].sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
+  q = model.language_model.layers.self_attn.q_proj  # stacked: [layers, ...]
+  assert q.lora.a[...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None)
+  assert q.lora.b[...].sharding.spec == jax.sharding.PartitionSpec(None, None, "tensor", None)
   with jax.set_mesh(mesh):
     got = loss_and_grad(model)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
