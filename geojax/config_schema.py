@@ -66,12 +66,13 @@ _SCHEMA: dict[str, Any] = {
             "vision_depth": (2, "vision blocks of preset tiny"),
         },
         "lora": {
-            "rank": (0, "LoRA rank (qwix): train low-rank adapters on the frozen base instead of every weight; 0: off"),
+            "rank": (0, "LoRA rank: train low-rank adapters on the frozen base instead of every weight; 0: off"),
             "alpha": (32.0, "LoRA alpha: the adapters' output is scaled by alpha / rank (as peft's lora_alpha)"),
             "dropout": (0.0, "dropout on the adapters' input in the training losses (not sampling, not the reference)"),
             "targets": ("text", "modules with adapters: text (the decoder's q/k/v/o/gate/up/down projections) | "
                         "vision (the vision blocks') | all | a regex over module paths "
-                        "(language_model/layers/0/self_attn/q_proj)"),
+                        "(per layer, full match: language_model/layers/0/self_attn/q_proj; the layers are one scanned "
+                        "stack, so a regex matches all of a stack's layers or none)"),
             "quantize": ("none", "QLoRA: the frozen base of the targeted modules quantized by qwix: none | int8 | nf4"),
             "init_from": ("", "a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) to "
                           "start the adapters from; its r and lora_alpha must equal rank and alpha"),
@@ -398,7 +399,8 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
 
 
 def _validate_lora(c: ml_collections.ConfigDict) -> None:
-  """model.lora: what qwix can do (adapters on Dense projections, a quantized base only under adapters)."""
+  """model.lora: what geojax's LoRA can do (adapters on Dense projections, a quantized base only under adapters,
+  the decode layout only without adapters)."""
   import re
 
   from geojax.models.lora import QUANTIZE, TARGETS
@@ -421,6 +423,9 @@ def _validate_lora(c: ml_collections.ConfigDict) -> None:
       if lc[key] != off:
         raise ConfigError(f"config key 'model.lora.{key}' is {lc[key]!r} but model.lora.rank is 0 (LoRA off): "
                           f"set a rank or leave {key} at {off!r}")
+  if lc.rank and c.rollout.layout == "decode":
+    raise ConfigError("config key 'rollout.layout' is 'decode' but model.lora.rank is set: the decode layout recasts "
+                      "the policy's parameters, which under LoRA are the adapters only; use rollout.layout=train")
   if lc.init_from and not os.path.isfile(os.path.join(lc.init_from, "adapter_config.json")):
     raise ConfigError(f"config key 'model.lora.init_from' is {lc.init_from!r}: not a PEFT adapter directory "
                       "(no adapter_config.json)")

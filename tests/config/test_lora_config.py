@@ -1,4 +1,4 @@
-"""model.lora.*: what qwix's LoRA cannot do is refused at start, naming the key."""
+"""model.lora.*: what geojax's LoRA cannot do is refused at start, naming the key."""
 import os
 
 import pytest
@@ -24,7 +24,8 @@ def test_lora_settings_are_checked(tmp_path):
          ({"model.lora.rank": 4, "model.lora.alpha": 0.0}, "model.lora.alpha"),
          ({"model.lora.rank": 4, "model.lora.dropout": 1.0}, "model.lora.dropout"),
          ({"model.lora.rank": -1}, "model.lora.rank"),
-         ({"model.lora.rank": 4, "model.lora.init_from": str(tmp_path)}, "model.lora.init_from.*adapter_config")]
+         ({"model.lora.rank": 4, "model.lora.init_from": str(tmp_path)}, "model.lora.init_from.*adapter_config"),
+         ({"model.lora.rank": 4, "rollout.layout": "decode"}, "rollout.layout.*model.lora.rank")]
   for overrides, match in bad:
     with pytest.raises(gconfig.ConfigError, match=match):
       _validate(**overrides)

@@ -1,5 +1,6 @@
-"""LoRA / QLoRA (adapters in geojax's Dense, the base quantized by qwix) on QwenVL, scanned layers: PEFT adapters out to peft and in from peft, merged export to transformers, each
-checked by logits against the transformers / peft model (references geojax did not write)."""
+"""LoRA / QLoRA on QwenVL (adapters in geojax's Dense, stacked with the scanned layers; the base quantized by qwix):
+PEFT adapters out to peft and in from peft, merged export to transformers, each checked by logits against the
+transformers / peft model (references geojax did not write)."""
 import json
 
 import jax
@@ -122,8 +123,8 @@ def test_memory_plan_counts_the_adapters_geojax_makes(hf_checkpoint):
 
 
 def test_sharded_with_remat_equals_unsharded(hf_checkpoint, rng):
-  """Adapters placed by their logical axes on 8 devices (fsdp x tensor); a jitted, rematerialized loss and its
-  gradient in the adapters equal the unsharded ones."""
+  """Adapters placed by their logical axes on 8 devices (fsdp x tensor); a jitted loss over the scanned,
+  rematerialized layers (LoRA dropout on, int8 base) and its gradient in the adapters equal the unsharded ones."""
   if jax.device_count() < 8:
     pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS)")
   _, path = hf_checkpoint(VERSION)
@@ -131,11 +132,12 @@ def test_sharded_with_remat_equals_unsharded(hf_checkpoint, rng):
   ids, mask = np.repeat(ids, 4, axis=0), np.repeat(mask, 4, axis=0)
   pixels, grids = np.concatenate([pixels] * 4), np.concatenate([grids] * 4)
   positions, _ = rope_index(ids, mask, grids, image_token_id=tiny_hf.IMAGE_ID)
-  spec = lora.LoraSpec(rank=4, alpha=8.0, quantize="int8")
+  spec = lora.LoraSpec(rank=4, alpha=8.0, dropout=0.25, quantize="int8")
 
   def loss_and_grad(model):
     graphdef, adapters, rest = lora.split_params(model)
-    loss = lambda p: jnp.mean(nnx.merge(graphdef, p, rest)(ids, mask, pixels, grid_tuple(grids), positions) ** 2)
+    dropped = lambda p: lora.with_dropout(nnx.merge(graphdef, p, rest), jax.random.key(3))
+    loss = lambda p: jnp.mean(dropped(p)(ids, mask, pixels, grid_tuple(grids), positions) ** 2)
     value, grads = jax.jit(jax.value_and_grad(loss))(adapters)
     return float(value), [np.asarray(g) for g in jax.tree.leaves(grads)]
 
