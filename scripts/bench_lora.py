@@ -1,4 +1,5 @@
-"""The main job (configs/default.py) with full fine-tuning against LoRA and QLoRA (qwix), and the 7B memory plans.
+"""The main job (configs/default.py) with full fine-tuning against LoRA and QLoRA (nf4 base by qwix), and the 7B
+memory plans.
 
     python scripts/bench_lora.py                                  # full, lora (rank 16), qlora (rank 16, nf4)
     python scripts/bench_lora.py --sft_steps 100 --grpo_steps 10 --eval_examples 100 --parallel  # shorter
