@@ -29,3 +29,10 @@ def test_lora_settings_are_checked(tmp_path):
   for overrides, match in bad:
     with pytest.raises(gconfig.ConfigError, match=match):
       _validate(**overrides)
+
+
+def test_plan_refuses_lora():
+  from geojax import plan
+  config = gconfig.load(os.path.join(ROOT, "configs", "default.py"), ["model.lora.rank=4"])
+  with pytest.raises(gconfig.ConfigError, match="model.lora.rank.*geojax.plan"):
+    plan.plan(config, plan.cpu_target(1))
