@@ -22,6 +22,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this tree's geojax, not an installed one (the variants run as child processes)
 VARIANTS = {"full": {}, "lora": {"model.lora.rank": 16}, "qlora": {"model.lora.rank": 16, "model.lora.quantize": "nf4"}}
 
 
