@@ -27,6 +27,7 @@ CORE = [
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
     "tqdm>=4.66",
+    "qwix==0.1.8",  # LoRA / QLoRA (geojax.models.lora)
 ]
 
 EXTRAS = {
@@ -43,6 +44,7 @@ EXTRAS = {
         "importlib_resources>=6",
         "ruff==0.17.6",  # the lint .ci/run checks (ruff.toml)
         "jax[tpu]==0.10.2",  # the TPU compiler: tests/test_plan.py compiles for a v5e slice without a TPU
+        "peft==0.21.2",  # the reference of the LoRA adapter export / import tests
     ],
     # scripts/bench_grpo.py: TRL's GRPOTrainer on the same model as geojax's GRPO learner (TRL brings accelerate
     # and datasets); torch and transformers pinned as in test

@@ -67,6 +67,18 @@ _SCHEMA: dict[str, Any] = {
             "num_layers": (4, "decoder layers of preset tiny"),
             "vision_depth": (2, "vision blocks of preset tiny"),
         },
+        "lora": {
+            "rank": (0, "LoRA rank: train low-rank adapters on the frozen base instead of every weight; 0: off"),
+            "alpha": (32.0, "LoRA alpha: the adapters' output is scaled by alpha / rank (as peft's lora_alpha)"),
+            "dropout": (0.0, "dropout on the adapters' input in the training losses (not sampling, not the reference)"),
+            "targets": ("text", "modules with adapters: text (the decoder's q/k/v/o/gate/up/down projections) | "
+                        "vision (the vision blocks') | all | a regex over module paths "
+                        "(per layer, full match: language_model/layers/0/self_attn/q_proj; the layers are one scanned "
+                        "stack, so a regex matches all of a stack's layers or none)"),
+            "quantize": ("none", "QLoRA: the frozen base of the targeted modules quantized by qwix: none | int8 | nf4"),
+            "init_from": ("", "a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) to "
+                          "start the adapters from; its r and lora_alpha must equal rank and alpha"),
+        },
     },
     "data": {
         "source": ("builtin", "builtin (map tiles, built into data.dir on first use) | arrayrecord (data.dir shards)"),
@@ -288,6 +300,7 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
   check_choice(c, "model.tiny.version", ("qwen2_5_vl", "qwen2_vl"))
   for key in ("hidden_size", "num_layers", "vision_depth"):
     check_range(c, f"model.tiny.{key}", 1)
+  _validate_lora(c)
 
   d = c.data
   check_choice(c, "data.source", ("builtin", "arrayrecord"))
@@ -396,3 +409,36 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
   check_range(c, "checkpoint.every", 1)
   check_range(c, "checkpoint.keep", 1)
   check_range(c, "log.every", 1)
+
+
+def _validate_lora(c: ml_collections.ConfigDict) -> None:
+  """model.lora: what geojax's LoRA can do (adapters on Dense projections, a quantized base only under adapters,
+  the decode layout only without adapters)."""
+  import re
+
+  from geojax.models.lora import QUANTIZE, TARGETS
+  lc = c.model.lora
+  check_range(c, "model.lora.rank", 0)
+  check_range(c, "model.lora.dropout", 0.0, 1.0)
+  if lc.dropout >= 1:
+    raise ConfigError(f"config key 'model.lora.dropout' is {lc.dropout!r}; expected a rate in [0, 1)")
+  if not isinstance(lc.alpha, (int, float)) or lc.alpha <= 0:
+    raise ConfigError(f"config key 'model.lora.alpha' is {lc.alpha!r}; expected a number > 0")
+  check_choice(c, "model.lora.quantize", list(QUANTIZE))
+  if lc.targets not in TARGETS:
+    try:
+      re.compile(lc.targets)
+    except re.error as e:
+      raise ConfigError(f"config key 'model.lora.targets' is {lc.targets!r}: not one of {sorted(TARGETS)} nor a "
+                        f"regex ({e})") from None
+  if lc.rank == 0:
+    for key, off in (("quantize", "none"), ("init_from", ""), ("dropout", 0.0)):
+      if lc[key] != off:
+        raise ConfigError(f"config key 'model.lora.{key}' is {lc[key]!r} but model.lora.rank is 0 (LoRA off): "
+                          f"set a rank or leave {key} at {off!r}")
+  if lc.rank and c.rollout.layout == "decode":
+    raise ConfigError("config key 'rollout.layout' is 'decode' but model.lora.rank is set: the decode layout recasts "
+                      "the policy's parameters, which under LoRA are the adapters only; use rollout.layout=train")
+  if lc.init_from and not os.path.isfile(os.path.join(lc.init_from, "adapter_config.json")):
+    raise ConfigError(f"config key 'model.lora.init_from' is {lc.init_from!r}: not a PEFT adapter directory "
+                      "(no adapter_config.json)")

@@ -18,7 +18,7 @@ from geojax import config as gconfig
 from geojax import runtime
 from geojax.data.batching import ExampleTransform
 from geojax.data.tokenizer import load_tokenizer
-from geojax.models import QwenVL, load_hf, param_shardings
+from geojax.models import QwenVL, load_hf, lora, param_shardings
 from geojax.models.attention import check_backend, device_platform
 from geojax.models.presets import PRESETS, tiny_config
 
@@ -74,11 +74,25 @@ def architecture(config: ml_collections.ConfigDict, tokenizer):
 
 
 def build_model(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bool = False, arch=None) -> QwenVL:
-  """The starting model: `model.hf_path` loaded onto the mesh, else `model.preset` initialized from the seed.
+  """The starting model: `model.hf_path` loaded onto the mesh, else `model.preset` initialized from the seed;
+  with model.lora.rank > 0, that base with adapters (`geojax.models.lora`), from model.lora.init_from if given.
 
   With abstract=True only shapes and shardings (for restoring a checkpoint into, or compiling: geojax.plan);
-  `arch` (a QwenVLConfig) replaces the config's architecture there.
+  `arch` (a QwenVLConfig) replaces the config's architecture there. A LoRA model is always built (its frozen base
+  is not in its checkpoints).
   """
+  spec = lora.LoraSpec.from_config(config.model.lora)
+  if spec.enabled:
+    model = _build_base(config, tokenizer, mesh, False, arch)
+    model = lora.apply_lora(model, spec, seed=config.seed)
+    if config.model.lora.init_from:
+      from geojax.models.peft_io import load_peft_adapter
+      load_peft_adapter(model, config.model.lora.init_from)
+    return model
+  return _build_base(config, tokenizer, mesh, abstract, arch)
+
+
+def _build_base(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bool, arch) -> QwenVL:
   mc = config.model
   dtype, param_dtype = DTYPES[mc.dtype], DTYPES[mc.param_dtype]
   try:  # here, not in validate: the runtime (jax.distributed) is up
@@ -101,7 +115,7 @@ def build_model(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bo
 
 def restore_params(model: QwenVL, stage_dir: str, step: int | None = None) -> tuple[QwenVL, int]:
   """`model` with the parameters of a `geojax.train` stage checkpoint (latest step unless given)."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = lora.split_params(model)
   if not os.path.isdir(os.path.join(stage_dir, "checkpoints")):  # checked first: the Checkpointer would create it
     raise FileNotFoundError(f"{stage_dir!r} is not a geojax.train stage directory (no checkpoints/ inside)")
   manager = runtime.Checkpointer(os.path.join(stage_dir, "checkpoints"), async_save=False)

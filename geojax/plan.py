@@ -408,6 +408,9 @@ def plan(config: ml_collections.ConfigDict, target: Target, programs=None, **bui
     raise gconfig.ConfigError(f"--programs: unknown {unknown}; known: {list(PROGRAMS)}")
   if "reference" in programs and not config.grpo.beta > 0:
     raise gconfig.ConfigError("--programs: reference, but config key 'grpo.beta' is 0 (no reference policy)")
+  if config.model.lora.rank:  # its frozen base would be built whole (a LoRA model is never abstract) and closed over
+    raise gconfig.ConfigError("config key 'model.lora.rank' is set: geojax.plan does not compile LoRA programs yet; "
+                              "the LoRA rows of `python -m geojax.models.memory` estimate them")
   lowered, info = build_programs(config, target, programs, **build_kw)
   results = {}
   for program in sorted(lowered, key=lambda p: COMPILE_ORDER.index(p.name)):

@@ -53,7 +53,11 @@ from geojax.sampling.layout import rows_to_mesh
 
 
 class ReferencePolicy:
-  """The frozen policy the KL term pulls toward: a copy of the parameters GRPO started from."""
+  """The frozen policy the KL term pulls toward: a copy of the parameters GRPO started from.
+
+  Under LoRA the parameters are the adapters: the reference is the shared frozen base (`rest`, not copied) with
+  the adapters as GRPO found them, i.e. with fresh adapters (B = 0) the base with its adapters switched off, and
+  after a LoRA SFT stage the SFT model. The copy is the adapters' size."""
 
   def __init__(self, graphdef, params, rest, group: int, n_micro: int = 1):
     self.graphdef, self.rest, self.group, self.n_micro = graphdef, rest, group, n_micro
@@ -164,9 +168,9 @@ class GRPOLearner(Learner):
       source = DynamicSampling(source, gc.batch_size, gc.max_rollouts)
     return cls(config, model, mesh, source, writer=writer, gaz=gaz, **roles)
 
-  def loss(self, params, batch: dict, grid: tuple, prompt_len: int, counts: dict | None = None):
+  def loss(self, params, batch: dict, grid: tuple, prompt_len: int, counts: dict | None = None, step=0):
     gc = self.sc
-    lp = completion_logprobs(self.model(params), batch, grid, prompt_len)
+    lp = completion_logprobs(self.train_model(params, step), batch, grid, prompt_len)
     return grpo_loss(lp, batch.get("old_logprobs"), batch.get("ref_logprobs"), batch["advantages"],
                      batch["completion_mask"], loss=gc.loss, eps_low=gc.eps_low, eps_high=gc.eps_high, beta=gc.beta,
                      kl=gc.kl if gc.beta > 0 else None, agg=gc.agg, sampler_logprobs=batch.get("sampler_logprobs"),
@@ -177,7 +181,7 @@ class GRPOLearner(Learner):
     batch's counts, so that the update is the same whatever grad_accum is."""
     n_micro = self.sc.grad_accum
     loss_fn = functools.partial(self.loss, grid=grid[:len(grid) // n_micro], prompt_len=prompt_len,
-                                counts=batch_counts(batch["completion_mask"], agg=self.sc.agg))
+                                counts=batch_counts(batch["completion_mask"], agg=self.sc.agg), step=state["step"])
     loss, metrics, grads = accumulate_grads(loss_fn, state["params"], batch, n_micro, shares=True)
     return apply_update(self.tx, state, grads, loss, metrics)
 

@@ -20,6 +20,7 @@ from flax import nnx
 
 from geojax import runtime
 from geojax.learners.optim import learning_rate_schedule, make_optimizer
+from geojax.models import lora
 from geojax.runtime.metrics import summary
 from geojax.sft import trainable_mask
 
@@ -42,7 +43,8 @@ class Learner:
     self.writer = writer or runtime.MetricWriter(None)
     self.dir = os.path.join(config.workdir, name)
     os.makedirs(self.dir, exist_ok=True)
-    self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+    # under LoRA the params are the adapters only (optimizer state and checkpoints too); the base stays in `rest`
+    self.graphdef, params, self.rest = lora.split_params(model)
     self.trainable = trainable_mask(params, freeze_vision=self.sc.freeze_vision)
     self.tx = make_optimizer(self.sc, self.trainable)
     self.state = {"params": params, "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
@@ -55,6 +57,10 @@ class Learner:
   def model(self, params=None):
     """The policy as a model object (the current parameters unless `params` is given)."""
     return nnx.merge(self.graphdef, self.state["params"] if params is None else params, self.rest)
+
+  def train_model(self, params, step):
+    """The policy in a training loss: `model(params)`, with LoRA dropout (if any) keyed by the seed and step."""
+    return lora.with_dropout(self.model(params), jax.random.fold_in(jax.random.key(self.config.seed), step))
 
   @property
   def step(self) -> int:

@@ -36,16 +36,16 @@ class SFTLearner(Learner):
                          shard_index=0, shard_count=1, name="sft")
     return cls(config, model, mesh, loader, writer)
 
-  def loss(self, params, batch: dict, grid: tuple, token_count=None):
+  def loss(self, params, batch: dict, grid: tuple, token_count=None, step=0):
     """Token-mean NLL of the answer tokens; with `token_count` (the whole batch's) a micro-batch's share of it."""
     targets, target_mask = next_token_targets(batch["input_ids"], batch["loss_mask"] * batch["example_mask"][:, None])
-    lp = token_logprobs(self.model(params), batch["input_ids"], targets, batch["attention_mask"],
+    lp = token_logprobs(self.train_model(params, step), batch["input_ids"], targets, batch["attention_mask"],
                         batch["pixel_values"], grid, batch["position_ids"])
     return sft_loss(lp, targets, target_mask, token_count=token_count)
 
   def _update_fn(self, state, batch, grid):
     n_micro = self.sc.grad_accum
-    loss_fn = functools.partial(self.loss, grid=grid[:len(grid) // n_micro])
+    loss_fn = functools.partial(self.loss, grid=grid[:len(grid) // n_micro], step=state["step"])
     if n_micro > 1:  # each micro-batch's share of the whole batch's token mean, exact whatever the split
       _, target_mask = next_token_targets(batch["input_ids"], batch["loss_mask"] * batch["example_mask"][:, None])
       loss_fn = functools.partial(loss_fn, token_count=target_mask.sum())

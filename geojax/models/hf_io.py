@@ -59,6 +59,17 @@ def canonical_hf_name(name: str) -> str:
   return name
 
 
+def hf_module_name(path: str) -> str:
+  """Our kernel path -> transformers' in-memory module name (model.language_model.layers.0.self_attn.q_proj,
+  model.visual.blocks.0.attn.qkv), the names peft prefixes with base_model.model."""
+  name = hf_name(path).removesuffix(".weight")
+  if name.startswith("visual."):
+    return "model." + name
+  if name.startswith("model."):
+    return "model.language_model." + name[len("model."):]
+  return name
+
+
 def to_ours(path: str, tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   """Hook: a Hugging Face tensor in our layout (Linear [out, in] -> kernel [*in, *out]; conv -> [patch, D])."""
   if path == "visual.patch_embed.kernel":

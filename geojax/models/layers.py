@@ -33,12 +33,19 @@ class Dense(nnx.Module):
     self.kernel = param(rngs, self.in_shape + self.out_shape, axes, "normal", param_dtype)
     self.bias = param(rngs, self.out_shape, axes[len(self.in_shape):], "zeros", param_dtype) if bias else None
 
+    self.lora = nnx.data(None)  # a low-rank adapter, under LoRA (geojax.models.lora)
+
   def __call__(self, x: jax.Array) -> jax.Array:
     n_in = len(self.in_shape)
-    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), (contract, ((), ())))
+    dims = ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ()))
+    if isinstance(self.kernel, nnx.Variable):
+      y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), dims)
+    else:  # QLoRA's frozen quantized kernel (geojax.models.lora.QuantizedKernel)
+      y = self.kernel.dot_general(x.astype(self.dtype), dims).astype(self.dtype)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
+    if self.lora is not None:
+      y = y + self.lora(x)
     return y
 
 

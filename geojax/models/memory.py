@@ -30,6 +30,9 @@ What the code keeps, per chip (the assumptions this estimate makes):
   `decode_tensor` chips instead of the gathered float32 weights, and the rows split over the other chips.
 The peak is the larger of the update and the rollout; both hold the parameters, the optimizer state and the
 reference.
+Under LoRA (`lora_rank`): gradients, AdamW moments and the reference are the adapters' (float32; the reference is
+the shared frozen base with the adapters off), the adapted kernels of the frozen base in `quantize`'s bytes
+(QLoRA), activations as without LoRA (the rank-r activations neglected).
 """
 from __future__ import annotations
 
@@ -109,14 +112,29 @@ def _layer_params(config: QwenVLConfig) -> int:
   return t.hidden_size * (2 * t.hidden_size + 2 * kv_dim) + 3 * t.hidden_size * t.intermediate_size
 
 
+# Bytes per weight of a frozen base kernel under model.lora.quantize (nf4: 4 bits; the block scales neglected).
+BASE_BYTES = {"none": 4.0, "int8": 1.0, "nf4": 0.5}
+
+
+def lora_counts(config: QwenVLConfig, rank: int) -> tuple[int, int]:
+  """(adapter parameters, parameters of the kernels they adapt) for LoRA of `rank` on the decoder's q/k/v/o/gate/
+  up/down projections (model.lora.targets "text")."""
+  t = config.text
+  d, q, kv, m = t.hidden_size, t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim, t.intermediate_size
+  shapes = ((d, q), (d, kv), (d, kv), (q, d), (d, m), (d, m), (m, d))
+  return t.num_layers * rank * sum(i + o for i, o in shapes), t.num_layers * sum(i * o for i, o in shapes)
+
+
 def memory_plan(config: QwenVLConfig, *, chips: int = 32, prompts: int = 16, group: int = 4, prompt_len: int = 512,
                 new_tokens: int = 256, patches: int = 1600, grad_accum: int = 1, chunk: int = 256,
                 remat_policy: str | None = None, n_params: int | None = None, param_bytes: int = 4,
-                act_bytes: int = 2, attention: str = "auto", decode_tensor: int = 0) -> MemoryPlan:
+                act_bytes: int = 2, attention: str = "auto", decode_tensor: int = 0, lora_rank: int = 0,
+                quantize: str = "none") -> MemoryPlan:
   """GiB per chip of one GRPO step (`prompts` prompts x `group` completions of `new_tokens` tokens, prompts of
   `prompt_len` tokens with one photo of `patches` patches) on `chips` chips; defaults: configs/geo_r.py on 32.
   attention: model.attention ("xla": dense scores). decode_tensor: rollout.mesh.tensor under rollout.layout=decode
-  (0: the rollout samples from the training parameters)."""
+  (0: the rollout samples from the training parameters). lora_rank > 0: LoRA on the decoder projections, their
+  frozen kernels in `quantize` (a BASE_BYTES key)."""
   dense = attention == "xla"
   policy = remat_policy or config.remat_policy
   n = n_params if n_params is not None else count_params(config)
@@ -150,6 +168,13 @@ def memory_plan(config: QwenVLConfig, *, chips: int = 32, prompts: int = 16, gro
   gathered = act_bytes * (t.vocab_size * D + _layer_params(config))
   # the decode layout's bfloat16 copy (split over decode_tensor chips) replaces the gathered float32 weights
   decoding = act_bytes * n / decode_tensor - gathered if decode_tensor else 0.0
+  if lora_rank:
+    adapters, adapted = lora_counts(config, lora_rank)
+    base = param_bytes * (n - adapted) + BASE_BYTES[quantize] * adapted
+    gathered = act_bytes * t.vocab_size * D + min(BASE_BYTES[quantize], act_bytes) * _layer_params(config)
+    a = 4 * adapters / chips / GIB
+    return MemoryPlan(params=base / chips / GIB + a, grads=a, optimizer=2 * a, reference=a, gathered=gathered / GIB,
+                      activations=(saved + working + logits) / GIB, kv_cache=(kv + prefill) / GIB)
   return MemoryPlan(params=shard / GIB, grads=shard / GIB, optimizer=2 * shard / GIB,
                     reference=shard / GIB, gathered=gathered / GIB, activations=(saved + working + logits) / GIB,
                     kv_cache=(kv + prefill + decoding) / GIB)
@@ -180,6 +205,35 @@ def table(config: QwenVLConfig, **kwargs) -> str:
   return "\n".join(lines)
 
 
+def lora_table(config: QwenVLConfig, rank: int = 16, **kwargs) -> str:
+  """Full fine-tuning against LoRA (`rank`) and QLoRA (int8, nf4) for one setting of `memory_plan`."""
+  n = count_params(config)
+  variants = {"full": {}, f"LoRA r{rank}": {"lora_rank": rank},
+              f"QLoRA r{rank} int8": {"lora_rank": rank, "quantize": "int8"},
+              f"QLoRA r{rank} nf4": {"lora_rank": rank, "quantize": "nf4"}}
+  plans = {k: memory_plan(config, n_params=n, **kwargs, **v) for k, v in variants.items()}
+  fields = ("params", "grads", "optimizer", "reference", "gathered", "activations", "kv_cache", "total")
+  lines = ["| GiB per chip | " + " | ".join(fields) + " |", "|---" * (len(fields) + 1) + "|"]
+  for label, plan in plans.items():
+    lines.append(f"| {label} | " + " | ".join(f"{getattr(plan, f):.2f}" for f in fields) + " |")
+  return "\n".join(lines)
+
+
+def format_lora_plans(preset: str = "qwen2.5-vl-7b", rank: int = 16) -> str:
+  """The 7B Geo-R GRPO step with LoRA and QLoRA: on 32 chips (configs/geo_r.py), a v5e-8 and one GPU (the same
+  16 x G=4 batch in 4 and 16 micro-batches)."""
+  from geojax.models.presets import PRESETS
+  config = PRESETS[preset]
+  adapters, _ = lora_counts(config, rank)
+  out = [f"{preset}: {count_params(config) / 1e9:.2f}B params; LoRA r{rank} on the decoder projections: "
+         f"{adapters / 1e6:.1f}M adapter params"]
+  for title, kwargs in (("32 chips (configs/geo_r.py's batch), remat full", dict(chips=32)),
+                        ("8 chips (v5e-8), grad_accum 4, remat full", dict(chips=8, grad_accum=4)),
+                        ("1 chip (one GPU), grad_accum 16, remat full", dict(chips=1, grad_accum=16))):
+    out += ["", title + ":", lora_table(config, rank, remat_policy="full", **kwargs)]
+  return "\n".join(out)
+
+
 if __name__ == "__main__":
   from geojax import config as gconfig
   from geojax.models.presets import PRESETS
@@ -190,3 +244,5 @@ if __name__ == "__main__":
     print(f"\n{spec}: {recipe.model.preset} ({count_params(model) / 1e9:.2f}B params), {chips} chips ({slice_}), "
           + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     print(table(model, chips=chips, **shapes))
+  print()
+  print(format_lora_plans())

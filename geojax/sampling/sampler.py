@@ -10,13 +10,14 @@ Row r of the result is sample r % G of prompt r // G (each prompt's G samples in
 `geojax.rl.group_advantages` expects). The model's forward runs once per prompt (prefill), then its KV cache is
 tiled G times (`tile="cache"`) or the prompts are tiled before prefill (`tile="prompt"`).
 
-The Sampler splits the model once (`nnx.split(model, nnx.Param, ...)`) and keeps its graph definition (hashed once)
-and non-parameter state; a call merges them with the parameters it is given inside one jitted function (prefill and
-decode loop, `geojax.sampling.loop`), and, while rows remain after that call's first phase, resumes the loop in the
-next phase (smaller batch, longer cache), chosen here on the host from how far the last one got. One compile per
-static signature: batch and prompt shapes, image grid, the settings and the model's graph, and per phase shape
-reached, shared by every Sampler of the same graph and settings (see `compiled_signatures`). Parameters sharded over
-a mesh (NamedShardings) are sampled under that mesh.
+The Sampler splits the model once (`geojax.models.lora.split_params`: its nnx.Params, or a LoRA model's adapters)
+and keeps its graph definition (hashed once) and non-parameter state (a LoRA model's frozen base); a call merges
+them with the parameters it is given inside one jitted function (prefill and decode loop, `geojax.sampling.loop`),
+and, while rows remain after that call's first phase, resumes the loop in the next phase (smaller batch, longer
+cache), chosen here on the host from how far the last one got. One compile per static signature: batch and prompt
+shapes, image grid, the settings and the model's graph, and per phase shape reached, shared by every Sampler of the
+same graph and settings (see `compiled_signatures`). Parameters sharded over a mesh (NamedShardings) are sampled
+under that mesh.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from geojax.data.mrope import rope_index
+from geojax.models import lora
 from geojax.models.vision import grid_tuple
 from geojax.sampling.logits import SamplingSettings, candidate_count
 from geojax.sampling import loop
@@ -94,9 +96,11 @@ def _eos_tuple(eos_token_id) -> tuple[int, ...]:
   return tuple(int(e) for e in eos_token_id)
 
 
-def _embedding(params) -> jax.Array:
-  """The token embedding array in `params` (the model's language_model.embed_tokens.embedding)."""
-  leaf = params["language_model"]["embed_tokens"]["embedding"]
+def _embedding(params, rest) -> jax.Array:
+  """The token embedding array (the model's language_model.embed_tokens.embedding), in `params` or else (a LoRA
+  model's frozen base) in `rest`."""
+  tokens = params["language_model"].get("embed_tokens") if "language_model" in params else None
+  leaf = (tokens or rest["language_model"]["embed_tokens"])["embedding"]
   return leaf.get_raw_value() if isinstance(leaf, nnx.Variable) else leaf
 
 
@@ -145,7 +149,7 @@ class Sampler:
     self.tile = "cache" if num_samples == 1 else tile
     self.eos_ids = _eos_tuple(eos_token_id)
     self.pad_id = int(pad_token_id if pad_token_id is not None else self.eos_ids[0] if self.eos_ids else 0)
-    graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+    graphdef, self.params, self.rest = lora.split_params(model)  # under LoRA: the adapters, the base in rest
     self.graph = _Graph(graphdef)
     self._tied_cpu = model.language_model.lm_head is None and jax.default_backend() == "cpu"
     # On CPU the decode loop runs the layers one by one from copies sliced once per call: in a scan over the stacked
@@ -158,8 +162,8 @@ class Sampler:
 
   def __call__(self, params=None, input_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
                position_ids=None, rng=None) -> GenerateResult:
-    """Completions of the prompts under `params` (an nnx.State of the model's nnx.Param variables, or None for the
-    model's parameters when the Sampler was built).
+    """Completions of the prompts under `params` (an nnx.State of the model's nnx.Param variables, a LoRA
+    model's adapters; or None for the model's parameters when the Sampler was built).
 
     Args:
       input_ids: int [B, L] prompts, left-padded (host or device array).
@@ -177,7 +181,7 @@ class Sampler:
     """
     params, head, plan, inputs = self._prepare(params, input_ids, attention_mask, pixel_values, image_grid_thw,
                                                position_ids, rng)
-    mesh = _mesh_of(_embedding(params))
+    mesh = _mesh_of(_embedding(params, self.rest))
     if mesh is None:
       return self._decode(params, head, plan, *inputs)
     with jax.set_mesh(mesh):
@@ -192,7 +196,7 @@ class Sampler:
     buckets = self._buckets(inputs[0].shape[1])
     lower = functools.partial(_start_jit.lower, self.graph, params, self.rest, *inputs, head, plan=plan,
                               length=buckets[0])
-    mesh = _mesh_of(_embedding(params))
+    mesh = _mesh_of(_embedding(params, self.rest))
     if mesh is None:
       return lower()
     with jax.set_mesh(mesh):
@@ -233,7 +237,7 @@ class Sampler:
                 None if pixel_values is None else grid, noise_ahead, row_images, compact=self.phases and rows > 1,
                 layer_list=self._layer_list)
     params = self.params if params is None else params
-    return (params, self._decode_head(_embedding(params)), plan,
+    return (params, self._decode_head(_embedding(params, self.rest)), plan,
             (input_ids, attention_mask, position_ids, pixel_values, rng))
 
   def _buckets(self, prompt_len: int) -> tuple[int, ...]:
