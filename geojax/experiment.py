@@ -129,4 +129,5 @@ def example_transform(config: ml_collections.ConfigDict, tokenizer, mode: str) -
   length = dc.max_prompt_len + (config.sft.max_target_len if mode == "sft" else 0)
   return ExampleTransform(tokenizer, prompt=dc.prompt, mode=mode, answer=dc.answer, min_pixels=dc.min_pixels,
                           max_pixels=dc.max_pixels, max_prompt_len=dc.max_prompt_len,
-                          max_answer_len=config.sft.max_target_len, seq_buckets=(length,), decimals=dc.decimals)
+                          max_answer_len=config.sft.max_target_len, seq_buckets=(length,), decimals=dc.decimals,
+                          think=dc.think)
