@@ -76,8 +76,8 @@ def train(config: ml_collections.ConfigDict, rewards=None) -> dict[str, dict]:
       if config.eval.at_stage_end:
         record(f"after {name.upper()}", model, name, learner.step)
   writer.close()
-  if jax.process_index() == 0:
-    print(f"\n{config.eval.split} split, {results[next(iter(results))]['n'] if results else 0} examples, "
+  if jax.process_index() == 0 and results:  # none when nothing is evaluated (a reward model's SFT)
+    print(f"\n{config.eval.split} split, {results[next(iter(results))]['n']} examples, "
           f"wall time {time.time() - start:.0f}s\n{format_table(results)}", flush=True)
   return results
 

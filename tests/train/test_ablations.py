@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.train.helpers import ROOT
+from tests.train.helpers import ROOT, USER_ENV
 
 TINY = {"data.n_train": 64, "data.n_test": 16, "model.tiny.hidden_size": 32, "model.tiny.num_layers": 1,
         "model.tiny.vision_depth": 1, "sft.steps": 2, "sft.batch_size": 8, "sft.warmup_steps": 1, "grpo.steps": 1,
@@ -18,7 +18,7 @@ def test_reduced_ablations_write_a_table_and_a_chart(tmp_path, builtin_dir):
   out = str(tmp_path / "ablations")
   overrides = [f"--override={k}={v}" for k, v in {**TINY, "data.dir": builtin_dir}.items()]
   proc = subprocess.run([sys.executable, "scripts/ablations.py", "--reduced", "--out", out, *overrides], cwd=ROOT,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=900)
+                        env=USER_ENV, capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-4000:]
   table = open(os.path.join(out, "ablations.md")).read()
   for arm in ("coordinates-only SFT", "CoR SFT + GRPO, random samples", "CoR SFT + GRPO, hard samples", "CoT SFT",

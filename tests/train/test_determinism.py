@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.train.helpers import DEFAULT_CONFIG, ROOT, tiny_overrides
+from tests.train.helpers import DEFAULT_CONFIG, ROOT, USER_ENV, tiny_overrides
 
 
 def _run(workdir: str, data_dir: str) -> str:
@@ -13,7 +13,7 @@ def _run(workdir: str, data_dir: str) -> str:
                                               "checkpoint.every": 2, "log.every": 1})
   proc = subprocess.run([sys.executable, "-m", "geojax.train", f"--config={DEFAULT_CONFIG}:ci",
                          *[f"--config.{a}" for a in args]],
-                        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                        cwd=ROOT, env=USER_ENV, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return proc.stdout

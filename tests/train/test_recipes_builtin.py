@@ -7,7 +7,7 @@ import sys
 
 from geojax import config as gconfig
 from geojax import export, train
-from tests.train.helpers import ROOT
+from tests.train.helpers import ROOT, USER_ENV
 
 # Every stage runs, each for a few steps on the 64 / 16 tiles of the builtin_dir fixture.
 REDUCED = {
@@ -33,7 +33,7 @@ def test_geo_r_builtin_runs_sft_mining_grpo_and_eval_from_the_command_line(tmp_p
   args = _overrides(workdir, builtin_dir, **{"mining.num_examples": 8})
   proc = subprocess.run([sys.executable, "-m", "geojax.train", f"--config={ROOT}/configs/geo_r.py:builtin",
                          *[f"--config.{a}" for a in args]],
-                        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                        cwd=ROOT, env=USER_ENV, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   for row in ("| untrained |", "| after SFT |", "| after GRPO |"):
