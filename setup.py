@@ -42,6 +42,8 @@ EXTRAS = {
         "tensorflow-datasets==4.9.10",
         "importlib_resources>=6",
         "ruff==0.17.6",  # the lint .ci/run checks (ruff.toml)
+        # not the TPU compiler: in a fresh CI venv libtpu refused to initialise without TPU_ACCELERATOR_TYPE /
+        # TPU_WORKER_HOSTNAMES, so tests/test_plan.py's TPU case runs only where `.[tpu-plan]` is installed
     ],
     # scripts/bench_grpo.py: TRL's GRPOTrainer on the same model as geojax's GRPO learner (TRL brings accelerate
     # and datasets); torch and transformers pinned as in test
@@ -49,6 +51,8 @@ EXTRAS = {
     # `tensorboard --logdir runs/` to read the event files training writes (tensorboardX, in the core, writes them)
     "viz": ["tensorboard==2.21.0"],
     "tpu": ["jax[tpu]==0.10.2"],
+    # `python -m geojax.plan --topology=...` on a machine without a TPU: the TPU compiler alone
+    "tpu-plan": ["jax[tpu]==0.10.2"],
     "cuda": ["jax[cuda12]==0.10.2"],
 }
 

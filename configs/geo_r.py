@@ -39,6 +39,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.workers = 8
   c.data.decimals = 4
   c.data.max_pixels = 28 * 28 * 1280
+  # Photos resized to five grids (1:1, 4:3, 3:4, 16:9, 9:16; at most 400 image tokens, so every prompt fits
+  # max_prompt_len): each program compiles for five image shapes at most. `python -m geojax.plan` plans the largest.
+  c.data.grid_buckets = ((40, 40), (34, 46), (46, 34), (30, 52), (52, 30))
 
   c.sft.steps = 7813                # 500K samples / batch 64 = one epoch
   c.sft.batch_size = 64

@@ -86,6 +86,9 @@ _SCHEMA: dict[str, Any] = {
         "decimals": (0, "digits of the coordinates written in answer texts"),
         "min_pixels": (56 * 56, "images are resized to at least this many pixels (Qwen-VL smart resize)"),
         "max_pixels": (56 * 56, "images are resized to at most this many pixels"),
+        "grid_buckets": ((), "image grids (h, w) in 14-pixel patches, even numbers, each photo resized to the one "
+                             "nearest its aspect ratio: a run compiles for these shapes only; empty: each photo's own "
+                             "grid within min/max_pixels"),
     },
     "sft": {
         # the image->place mapping is still improving fast at 600-900 steps
@@ -138,6 +141,17 @@ _SCHEMA: dict[str, Any] = {
         "reward_params": ({"exp_distance": {"tau_km": 750.0}}, "reward name -> keyword arguments of that reward"),
         "combine": ("sum", "sum | product of the weighted rewards"),
         "reward_model": ("", "local HF directory of the locatability reward model (GLOBE); empty: that reward is off"),
+    },
+    "rollout": {
+        "layout": ("train", "decode: before each GRPO rollout, cast the policy to model.dtype and reshard it by the "
+                             "decode rules (geojax.sampling.DECODE_RULES: heads, MLP and vocabulary over tensor, whole "
+                             "along the embedding) on rollout.mesh, so the decode loop gathers no weight | train: "
+                             "sample with the training parameters as they are"),
+        "mesh": {
+            "data": (-1, "rollout devices splitting the rows (-1: all remaining devices)"),
+            "fsdp": (1, "rollout devices on the fsdp axis (the decode rules shard no weight over it; rows split)"),
+            "tensor": (1, "rollout devices splitting heads, MLP and vocabulary (-1: all remaining devices)"),
+        },
     },
     "eval": {
         "split": ("test", "split evaluated"),
@@ -221,10 +235,11 @@ def format_config(config: ml_collections.ConfigDict) -> str:
 # ---- validate ---------------------------------------------------------------------------------------------------
 
 
-def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
+def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_weights: bool = True) -> None:
   """Rejects a bad config before any work with a ConfigError naming the key. Every entry point runs it.
 
   reads_data: whether the entry point reads the dataset (train, eval; not export), so that data.dir must exist.
+  needs_weights: whether it loads the model's weights (all but geojax.plan, which compiles with shapes only).
   """
   from geojax.data.chat import ANSWER_FORMATS, PROMPTS, THINK_SOURCES
   from geojax.experiment import DTYPES
@@ -247,16 +262,23 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
   if list(c.runtime.mesh.values()).count(-1) > 1:
     raise ConfigError(f"config key 'runtime.mesh' is {dict(c.runtime.mesh)}: at most one axis may be -1")
 
+  check_choice(c, "rollout.layout", ("decode", "train"))
+  for axis, size in get(c, "rollout.mesh").items():
+    if not isinstance(size, int) or (size < 1 and size != -1):
+      raise ConfigError(f"config key 'rollout.mesh.{axis}' is {size!r}; expected a size >= 1 or -1")
+  if list(c.rollout.mesh.values()).count(-1) > 1:
+    raise ConfigError(f"config key 'rollout.mesh' is {dict(c.rollout.mesh)}: at most one axis may be -1")
+
   m = c.model
   check_choice(c, "model.preset", ["tiny", *PRESETS])
   check_choice(c, "model.dtype", list(DTYPES))
   check_choice(c, "model.param_dtype", list(DTYPES))
-  if m.preset != "tiny" and not m.hf_path:
+  if m.preset != "tiny" and not m.hf_path and needs_weights:
     raise ConfigError(f"config key 'model.hf_path' is empty: preset {m.preset!r} needs pretrained weights "
                       "(a local Hugging Face directory)")
   if m.hf_path and not os.path.isdir(m.hf_path):
     raise ConfigError(f"config key 'model.hf_path' is {m.hf_path!r}: not a directory")
-  if not m.tokenizer and not m.hf_path:
+  if not m.tokenizer and not m.hf_path and needs_weights:
     raise ConfigError("config key 'model.tokenizer' is empty and so is model.hf_path, the tokenizer's fallback")
   if m.tokenizer not in ("", "tiny", "qwen2") and not os.path.exists(m.tokenizer):
     raise ConfigError(f"config key 'model.tokenizer' is {m.tokenizer!r}: expected tiny, qwen2 or a local HF directory")
@@ -283,6 +305,11 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True) -> None:
   check_range(c, "data.workers", 0)
   check_range(c, "data.min_pixels", 1)
   check_range(c, "data.max_pixels", d.min_pixels)
+  for bucket in d.grid_buckets:
+    if (not isinstance(bucket, (tuple, list)) or len(bucket) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 and x % 2 == 0 for x in bucket)):
+      raise ConfigError(f"config key 'data.grid_buckets' holds {bucket!r}; expected (h, w) pairs of positive even "
+                        "patch counts")
   check_range(c, "data.decimals", 0, 8)
   check_choice(c, "data.think", THINK_SOURCES)
   if d.answer == "locatable" and (c.eval_before or c.eval.at_stage_end or c.eval.every or tuple(c.stages) != ("sft",)):

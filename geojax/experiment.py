@@ -63,21 +63,26 @@ def model_config(config: ml_collections.ConfigDict, tokenizer):
   return PRESETS[mc.preset]
 
 
-def build_model(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bool = False) -> QwenVL:
+def architecture(config: ml_collections.ConfigDict, tokenizer):
+  """The model architecture of the config: `model.hf_path`'s config.json, else `model.preset`'s."""
+  if config.model.hf_path:
+    from geojax.models import QwenVLConfig
+    with open(os.path.join(config.model.hf_path, "config.json")) as f:
+      return QwenVLConfig.from_hf(json.load(f))
+  return model_config(config, tokenizer)
+
+
+def build_model(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bool = False, arch=None) -> QwenVL:
   """The starting model: `model.hf_path` loaded onto the mesh, else `model.preset` initialized from the seed.
 
-  With abstract=True only shapes and shardings (for restoring a checkpoint into).
+  With abstract=True only shapes and shardings (for restoring a checkpoint into, or compiling: geojax.plan);
+  `arch` (a QwenVLConfig) replaces the config's architecture there.
   """
   mc = config.model
   dtype, param_dtype = DTYPES[mc.dtype], DTYPES[mc.param_dtype]
   if mc.hf_path and not abstract:
     return load_hf(mc.hf_path, dtype=dtype, mesh=mesh, param_dtype=param_dtype)
-  if mc.hf_path:
-    from geojax.models import QwenVLConfig
-    with open(os.path.join(mc.hf_path, "config.json")) as f:
-      arch = QwenVLConfig.from_hf(json.load(f))
-  else:
-    arch = model_config(config, tokenizer)
+  arch = arch or architecture(config, tokenizer)
   make = lambda: QwenVL(arch, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(config.seed))
   model = nnx.eval_shape(make) if abstract else make()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -130,4 +135,4 @@ def example_transform(config: ml_collections.ConfigDict, tokenizer, mode: str) -
   return ExampleTransform(tokenizer, prompt=dc.prompt, mode=mode, answer=dc.answer, min_pixels=dc.min_pixels,
                           max_pixels=dc.max_pixels, max_prompt_len=dc.max_prompt_len,
                           max_answer_len=config.sft.max_target_len, seq_buckets=(length,), decimals=dc.decimals,
-                          think=dc.think)
+                          think=dc.think, grid_buckets=[tuple(b) for b in dc.grid_buckets] or None)

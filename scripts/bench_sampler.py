@@ -1,6 +1,7 @@
 """Sampler throughput: a geojax.sampling.Sampler call vs transformers' generate, same weights, same prompts, same run.
 
     JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 python scripts/bench_sampler.py [--sizes toy,0.5b] [--modes greedy,sample]
+    JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 python scripts/bench_sampler.py --early_stop 256,16 [--sizes toy]
 
 Each size is a random-weight Qwen2.5-VL built in transformers (torch, CPU), saved with save_pretrained and loaded
 into geojax with load_hf, so both sides run the same weights in float32. Batch 8 left-padded prompts with one
@@ -31,7 +32,7 @@ from geojax.models import load_hf  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from geojax.sampling import Sampler  # noqa: E402
-from geojax.models import testing  # noqa: E402
+from geojax.models import scan, testing  # noqa: E402
 
 SIZES = {
     # ~2M parameters: the size of the unit-test models, where per-step overhead dominates.
@@ -162,7 +163,7 @@ def matmul_floor(model, batch: int, cache_len: int, steps: int, reps: int = 5) -
   flat = lambda dense: dense.kernel[...].reshape(int(np.prod(dense.in_shape)), -1)
   layers = [(flat(layer.self_attn.q_proj), flat(layer.self_attn.k_proj), flat(layer.self_attn.v_proj),
              flat(layer.self_attn.o_proj), flat(layer.mlp.gate_proj), flat(layer.mlp.up_proj),
-             flat(layer.mlp.down_proj)) for layer in text.layers]
+             flat(layer.mlp.down_proj)) for layer in (scan.layer(text.layers, i) for i in range(cfg.num_layers))]
   head = text.embed_tokens.embedding[...].T if text.lm_head is None else flat(text.lm_head)
   kv, groups, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
   keys = jnp.ones((batch, kv, hd, cache_len), jnp.float32) / cache_len
@@ -217,6 +218,49 @@ def bench_tiling(name: str, prompts_n: int, group: int, new_tokens: int, reps: i
           f"(first call {first:.1f}s)", flush=True)
 
 
+def _stop_ids(free: np.ndarray, short: int) -> tuple[int, ...]:
+  """EOS ids that stop every row but row 0 at or soon after `short` tokens and never row 0: for each row, the first
+  token it draws from step short - 1 on that row 0 never draws and no row draws before step short - 1."""
+  forbidden = set(free[0].tolist()) | set(free[1:, :short - 1].ravel().tolist())
+  ids = {next((int(x) for x in row[short - 1:] if int(x) not in forbidden), None) for row in free[1:]}
+  return tuple(sorted(i for i in ids if i is not None))
+
+
+def bench_early_stop(name: str, modes: list[str], batch: int, long: int, short: int, reps: int,
+                     grid: tuple[int, int]) -> None:
+  """geojax alone: one row of `batch` decodes `long` tokens, the others stop after about `short` (EOS ids picked
+  from a free run with the same key). Phases off (one full-batch loop over the full cache, the sampler before
+  phases) against phases on (finished rows dropped, cache grown in buckets); same tokens, calls alternated."""
+  config = testing.hf_config("qwen2_5_vl", **SIZES[name])
+  with tempfile.TemporaryDirectory() as path:
+    testing.build_hf_model(config, path)
+    ours = load_hf(path)
+  prompts = testing.make_prompts(config, batch, grid_hw=grid, seed=0)
+  args = (None, prompts.input_ids, prompts.attention_mask, prompts.pixel_values, prompts.image_grid_thw)
+  key = jax.random.key(0)
+  for mode in modes:
+    settings = MODES[mode]["ours"]
+    free = np.asarray(Sampler(ours, max_new_tokens=long, phases=False, **settings)(*args, rng=key).tokens)
+    eos = _stop_ids(free, short)
+    samplers = {p: Sampler(ours, max_new_tokens=long, eos_token_id=eos, pad_token_id=prompts.pad_id, phases=p,
+                           **settings) for p in (False, True)}
+    results = {p: jax.tree.map(np.asarray, s(*args, rng=key)) for p, s in samplers.items()}  # compiles
+    np.testing.assert_array_equal(results[False].tokens, results[True].tokens)
+    tokens = int(results[True].lengths.sum())
+    times = {False: [], True: []}
+    for _ in range(reps):
+      for p, s in samplers.items():
+        start = time.perf_counter()
+        np.asarray(s(*args, rng=key).tokens)
+        times[p].append(time.perf_counter() - start)
+    tps = {p: tokens / min(t) for p, t in times.items()}
+    lengths = results[True].lengths
+    print(f"{name:5s} {mode:6s} row lengths {lengths[0]} and {lengths[1:].min()}-{lengths[1:].max()} "
+          f"({tokens} tokens); phases off {tps[False]:8.1f} tok/s (best {min(times[False]):.3f}s), on "
+          f"{tps[True]:8.1f} tok/s (best {min(times[True]):.3f}s): {tps[True] / tps[False]:.2f}x; phases "
+          f"{samplers[True].last_phases}", flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="toy,0.5b")
@@ -228,8 +272,16 @@ def main() -> None:
   parser.add_argument("--torch_threads", default="best", help="'best' (faster of 1 and 2, chosen per mode) or N")
   parser.add_argument("--tiling_group", type=int, default=0,
                       help="if > 0, instead time geojax's two ways of drawing G samples per prompt (batch/G prompts)")
+  parser.add_argument("--early_stop", default="",
+                      help="LONG,SHORT: instead time one row of --batch decoding LONG tokens while the others stop "
+                           "after SHORT, phases off vs on")
   args = parser.parse_args()
   grid = tuple(int(v) for v in args.grid.split("x"))
+  if args.early_stop:
+    long, short = (int(v) for v in args.early_stop.split(","))
+    for name in args.sizes.split(","):
+      bench_early_stop(name, args.modes.split(","), args.batch, long, short, args.reps, grid)
+    return
   if args.tiling_group:
     for name in args.sizes.split(","):
       bench_tiling(name, max(args.batch // args.tiling_group, 1), args.tiling_group, args.new_tokens, args.reps, grid)

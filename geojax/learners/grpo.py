@@ -10,10 +10,12 @@
              sampled, then AdamW; grpo.updates_per_rollout passes over grpo.minibatches mini-batches (PPO epochs)
 
 One step, in order (JAX dispatch is asynchronous, so the host works while the device computes):
-  1. sample G completions per prompt on the current policy;
+  1. sample G completions per prompt on the current policy (cast and resharded for decoding: rollout.layout);
   2. dispatch the reference policy's log-probabilities of those tokens;
   3. meanwhile on the host: decode the completions, score them, group advantages;
-  4. dispatch the update(s).
+  4. dispatch the update(s);
+  5. meanwhile on the host: the rollout's metrics; then the update's metrics are fetched. The step counter
+     lives on the host, so nothing else waits on the device.
 
 Old log-probabilities (the ratio's denominator) are the trainer's own, at the parameters that sampled: with one
 update on the whole rollout they equal the policy's (ratio 1, no extra pass: the loss of plain GRPO); with more,
@@ -45,7 +47,9 @@ from geojax.learners.rewards import as_reward, rewards_from_config
 from geojax.learners.rollout import (DynamicSampling, Rollout, RolloutSource, Sampled, completion_logprobs,
                                      rollout_metrics, rollout_sequences)
 from geojax.rl import DEFAULT_EPS, batch_counts, grpo_loss, reward_advantages
-from geojax.sampling import Sampler
+from geojax.config import ConfigError
+from geojax.sampling import RolloutLayout, Sampler
+from geojax.sampling.layout import rows_to_mesh
 
 
 class ReferencePolicy:
@@ -78,14 +82,34 @@ class GroupAdvantage:
                                         self.kind, eps=self.eps), np.float32)
 
 
-def policy_sampler(model, gc: ml_collections.ConfigDict, tokenizer) -> Callable:
-  """(params, batch, rng) -> GenerateResult: config.grpo's sampling settings on the policy's graph."""
-  sampler = Sampler(model, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, top_k=gc.top_k or None,
-                    top_p=gc.top_p, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-                    num_samples=gc.group_size)
-  return lambda params, batch, rng: sampler(params, batch["input_ids"], batch["attention_mask"],
-                                            batch["pixel_values"], batch["image_grid_thw"],
-                                            position_ids=batch["position_ids"], rng=rng)
+def policy_sampler(model, gc: ml_collections.ConfigDict, tokenizer, layout: RolloutLayout | None = None,
+                   mesh=None) -> Callable:
+  """(params, batch, rng) -> GenerateResult: config.grpo's sampling settings on the policy's graph, or with a
+  `layout`, on the policy cast and resharded for decoding (once per rollout), the results put back on `mesh`."""
+  sampler = Sampler(model if layout is None else layout.model, max_new_tokens=gc.max_new_tokens,
+                    temperature=gc.temperature, top_k=gc.top_k or None, top_p=gc.top_p, eos_token_id=tokenizer.eos_id,
+                    pad_token_id=tokenizer.pad_id, num_samples=gc.group_size)
+
+  def sample(params, batch, rng):
+    out = sampler(params if layout is None else layout(params), batch["input_ids"], batch["attention_mask"],
+                  batch["pixel_values"], batch["image_grid_thw"], position_ids=batch["position_ids"], rng=rng)
+    if layout is None or mesh is None or layout.mesh == mesh:
+      return out
+    return rows_to_mesh(out, mesh)
+
+  return sample
+
+
+def rollout_layout(config: ml_collections.ConfigDict, model) -> RolloutLayout | None:
+  """config.rollout's decode layout for `model` (None when rollout.layout is train)."""
+  from geojax.experiment import DTYPES
+  if config.rollout.layout != "decode":
+    return None
+  try:
+    mesh = runtime.make_mesh(dict(config.rollout.mesh))
+  except ValueError as e:
+    raise ConfigError(f"config key 'rollout.mesh' is {dict(config.rollout.mesh)}: {e}") from e
+  return RolloutLayout(model, mesh, DTYPES[config.model.dtype])
 
 
 class GRPOLearner(Learner):
@@ -105,6 +129,7 @@ class GRPOLearner(Learner):
       from geojax.geo import Gazetteer
       gaz = Gazetteer.load()
     self.gaz = gaz
+    self._step: int | None = None  # see `step`
     # update(state, prompt, tokens, lengths, advantages, ref_logprobs, sampler_logprobs, grid, prompt_len)
     #   -> (state, metrics): the policy update on one scored rollout (jitted, donates state)
     self.update = jax.jit(self._update_fn, static_argnames=("grid", "prompt_len"), donate_argnums=(0,))
@@ -126,8 +151,8 @@ class GRPOLearner(Learner):
                          shard_index=0, shard_count=1, name="grpo")
     gaz = Gazetteer.load()
     rewards = as_reward(rewards) if rewards is not None else rewards_from_config(config, mesh, gaz)
-    source = RolloutSource(loader, policy_sampler(model, gc, tokenizer), rewards, tokenizer, gc.group_size,
-                           jax.random.key(config.seed), mesh)
+    sampler = policy_sampler(model, gc, tokenizer, rollout_layout(config, model), mesh)
+    source = RolloutSource(loader, sampler, rewards, tokenizer, gc.group_size, jax.random.key(config.seed), mesh)
     if gc.dynamic_sampling and gc.max_rollouts > 1:  # with one rollout there is nothing to choose from
       source = DynamicSampling(source, gc.batch_size, gc.max_rollouts)
     return cls(config, model, mesh, source, writer=writer, gaz=gaz, **roles)
@@ -184,7 +209,20 @@ class GRPOLearner(Learner):
     self.state, metrics = self.update(self.state, sampled.prompt, sampled.tokens, sampled.lengths,
                                        runtime.put_global(advantages, self.mesh), ref_logprobs, sampled.logprobs,
                                        *sampled.shape(self.group))
-    metrics = host_metrics(metrics)
-    metrics.update(rollout_metrics(rollout, self.group, self.config.data.answer, self.gaz))
-    metrics.update(self.rollout.info())
-    return metrics
+    self._step = self.step + 1  # the update's own count, known without waiting for it
+    # 5. the host's metrics while the update runs, then the update's
+    host = rollout_metrics(rollout, self.group, self.config.data.answer, self.gaz)
+    host.update(self.rollout.info())
+    return {**host_metrics(metrics), **host}
+
+  @property
+  def step(self) -> int:
+    """The step counter, kept on the host: the device's state["step"] is read once (after a restore), not every
+    step, which would wait for the update in flight."""
+    if self._step is None:
+      self._step = int(self.state["step"])
+    return self._step
+
+  def restore(self) -> bool:
+    self._step = None
+    return super().restore()

@@ -15,7 +15,8 @@
 
 image_grid_thw is a host value (static under jit: pass `grid_tuple(grids)`); position_ids come from
 `geojax.data.rope_index` on the host. Details: qwen_vl.py (calling convention, cache, decode positions),
-logprobs.py, hf_io.py, hf_processor.py, sharding.py (rules table), memory.py (per-chip memory plan), presets.py.
+logprobs.py, hf_io.py, hf_processor.py, sharding.py (rules table), memory.py (per-chip memory plan), presets.py,
+scan.py (decoder layers and vision blocks stacked and run as a scan).
 `geojax.models.testing` builds random-weight transformers models and prompts for comparisons (needs torch).
 """
 from geojax.models.config import QwenVLConfig, TextConfig, VisionConfig

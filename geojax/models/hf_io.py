@@ -6,7 +6,8 @@ directly with its sharding. Unknown or missing tensors fail with their names. Na
 published checkpoints (`model.layers.*`, `visual.*`, `lm_head.weight`), which transformers 5 also writes;
 its in-memory names (`model.language_model.*`, `model.visual.*`) are accepted too. `save_hf(model, path)` writes
 config.json, generation_config.json and safetensors shards with an index that transformers'
-`Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration` load as is.
+`Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration` load as is. The decoder layers and
+vision blocks are stacked (`STACKS`): loading stacks the checkpoint's per-layer tensors, saving unstacks them.
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ NAME_MAP: tuple[tuple[str, str], ...] = (
 )
 # Dense layers whose kernel contracts two of our dims (heads, head_dim) instead of one.
 TWO_INPUT_DIMS = re.compile(r"(self_attn\.o_proj|attn\.proj)\.kernel$")
+# Our stacked layers (geojax.models.scan): slice i of `<stack>.<rest>` [N, ...] is the checkpoint's
+# `<stack>.{i}.<rest>` (e.g. language_model.layers.mlp.up_proj.kernel[i] <-> model.layers.{i}.mlp.up_proj.weight).
+STACKS = ("language_model.layers", "visual.blocks")
 
 
 def hf_name(path: str) -> str:
@@ -82,6 +86,31 @@ def _flat_params(model_or_state) -> list[tuple[str, nnx.Variable]]:
   return [(".".join(str(p) for p in path), var) for path, var in nnx.to_flat_state(state)]
 
 
+def layer_paths(path: str, n_layers: int) -> list[str] | None:
+  """The per-layer paths (`<stack>.{i}.<rest>`, as unstacked modules would name them) of a stacked parameter's
+  slices, or None for a parameter outside the stacks."""
+  for stack in STACKS:
+    if path.startswith(stack + "."):
+      return [f"{stack}.{i}{path[len(stack):]}" for i in range(n_layers)]
+  return None
+
+
+def _place_stacked(shape: tuple[int, ...], dtype, sharding, layers) -> jax.Array:
+  """A global array [N, ...] from the N per-layer host tensors that the iterable `layers` yields in order, each copied
+  straight into the shards this process's devices hold: no whole stacked tensor on the host (multi-host safe)."""
+  index_map = sharding.addressable_devices_indices_map(shape)
+  spans = {device: tuple(range(*s.indices(n)) for s, n in zip(index, shape)) for device, index in index_map.items()}
+  buffers = {}  # one host buffer per distinct shard: (slices, array)
+  for device, index in index_map.items():
+    buffers.setdefault(spans[device], (index, np.empty([len(r) for r in spans[device]], dtype)))
+  for i, tensor in enumerate(layers):
+    for span, (index, buffer) in buffers.items():
+      if i in span[0]:
+        buffer[span[0].index(i)] = tensor[index[1:]]
+  return jax.make_array_from_single_device_arrays(
+      shape, sharding, [jax.device_put(buffers[spans[device]][1], device) for device in index_map])
+
+
 def _index(path: str) -> dict[str, str]:
   """HF tensor name (canonical) -> file holding it."""
   index_file = os.path.join(path, "model.safetensors.index.json")
@@ -111,29 +140,40 @@ def load_hf(path: str, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
     config = QwenVLConfig.from_hf(json.load(f)).replace(**config_overrides)
   abstract = nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
-  params = _flat_params(nnx.state(abstract, nnx.Param))
+  params = [(p, var, layer_paths(p, var.shape[0])) for p, var in _flat_params(nnx.state(abstract, nnx.Param))]
   files = _index(path)
-  wanted = {hf_name(p): p for p, _ in params}
+  wanted = {hf_name(one): p for p, _, layers in params for one in (layers or [p])}
   missing = sorted(set(wanted) - set(files))
   unexpected = sorted(set(files) - set(wanted) - ({"lm_head.weight"} if config.text.tie_word_embeddings else set()))
   if missing or unexpected:
     raise ValueError(f"checkpoint {path} does not match the {config.version} model: missing tensors {missing}, "
                      f"unexpected tensors {unexpected}")
   opened: dict[str, SafetensorsFile] = {}
-  values = {}
-  for our_path, var in params:
+
+  def read(our_path: str, expected: tuple[int, ...]) -> np.ndarray:
     name = hf_name(our_path)
     file = opened.setdefault(files[name], SafetensorsFile(files[name]))
     raw = file.tensor(_stored_name(file, name))
-    expected = tuple(var.shape)
     tensor = to_ours(our_path, np.asarray(raw), expected).astype(param_dtype)
     if tensor.shape != expected:
       raise ValueError(f"tensor {name}: shape {raw.shape} does not fit {our_path} {expected}")
-    if mesh is None:
-      values[our_path] = jnp.asarray(tensor)
-    else:  # each process hands over only the slices its devices hold (multi-host safe)
-      sharding = named_sharding(mesh, var.get_metadata().get("logical_axes"), expected, config.sharding_rules)
+    return tensor
+
+  values = {}
+  for our_path, var, layers in params:
+    expected = tuple(var.shape)
+    sharding = None if mesh is None else named_sharding(mesh, var.get_metadata().get("logical_axes"), expected,
+                                                        config.sharding_rules)
+    if layers is None and mesh is None:
+      values[our_path] = jnp.asarray(read(our_path, expected))
+    elif layers is None:  # each process hands over only the slices its devices hold (multi-host safe)
+      tensor = read(our_path, expected)
       values[our_path] = jax.make_array_from_callback(expected, sharding, lambda index, t=tensor: t[index])
+    elif mesh is None:
+      values[our_path] = jnp.asarray(np.stack([read(one, expected[1:]) for one in layers]))
+    else:
+      values[our_path] = _place_stacked(expected, np.dtype(param_dtype), sharding,
+                                        (read(one, expected[1:]) for one in layers))
   flat = nnx.to_flat_state(state)
   for path_tuple, var in flat:
     key = ".".join(str(p) for p in path_tuple)
@@ -152,13 +192,20 @@ def _stored_name(file: SafetensorsFile, canonical: str) -> str:
 
 
 def hf_state_dict(model: QwenVL, dtype=None) -> dict[str, np.ndarray]:
-  """All parameters as a Hugging Face state dict of host numpy arrays (gathered tensor by tensor)."""
+  """All parameters as a Hugging Face state dict of host numpy arrays (gathered tensor by tensor, a stacked
+  parameter layer by layer)."""
   out = {}
-  for path, var in _flat_params(model):
-    value = np.asarray(jax.device_get(var[...]))
+
+  def put(path: str, value) -> None:
+    value = np.asarray(jax.device_get(value))
     if dtype is not None:
       value = value.astype(dtype)
     out[hf_name(path)] = np.ascontiguousarray(to_hf(path, value, model.config))
+
+  for path, var in _flat_params(model):
+    layers = layer_paths(path, var.shape[0])
+    for i, one in enumerate(layers or [path]):
+      put(one, var[...] if layers is None else var[...][i])
   return out
 
 

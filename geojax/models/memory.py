@@ -1,35 +1,29 @@
-"""Per-chip memory plan for GRPO training of a QwenVL model (bytes of params, grads, optimizer state,
-reference model, activations, rollout KV cache), printed by `python -m geojax.models.memory`.
+"""Per-chip memory of GRPO training of a QwenVL model, estimated from shapes in a second (no compiler), printed by
+`python -m geojax.models.memory` for the Geo-R and GLOBE recipes. `python -m geojax.plan` gives the compiled figure
+(the TPU compiler's own per-chip memory of the real programs); this estimate is for what-ifs (remat policies, batch
+sizes). Against the compiled GRPO update (BENCHMARKS.md, "TPU plan"; 7B width, 1 layer and 1 vision block): Geo-R
+on 32 chips +8%, GLOBE on 16 chips +48% (an upper bound there).
 
-Assumptions (change them with the arguments):
-- Parameters, gradients and AdamW moments in float32, fully sharded over all chips (fsdp x tensor), compute
-  in bfloat16; a frozen bfloat16 reference model for the KL term, sharded the same way.
-- Activations of one micro-batch per chip. Per decoder layer (Korthikanti et al. 2022, 16-bit activations,
-  no sequence parallelism): remat "none" keeps s*b*d*(34 + 5*a*s/d) bytes, "dots" keeps the matmul outputs
-  (q, k, v, attention scores, attention out, o, gate, up, down), "dots_no_batch" the same minus the
-  batched attention matmuls, "full" keeps only the layer input (2*s*b*d) plus one layer's working set
-  during the backward. The LM head runs in `token_logprobs` chunks of `chunk` positions (float32).
-- Vision tower: `images` per sequence of `patches` patches; same remat rule with full attention per image.
-- Rollouts: KV cache of `rollout_batch` sequences per chip, bfloat16.
-
-Result for Qwen2.5-VL-7B on 32 chips (v5p-64 / v4-64 = 32 chips; `python -m geojax.models.memory`), GRPO
-with 8 sequences of 1024 tokens per chip per micro-batch, one 448x448 image each (1024 patches), 16
-rollout sequences of 1024 tokens per chip, chunk 256:
-
-| GiB per chip          | none  | dots  | dots_no_batch | full  |
-|-----------------------|-------|-------|---------------|-------|
-| params f32            |  0.97 |  0.97 |  0.97         |  0.97 |
-| grads f32             |  0.97 |  0.97 |  0.97         |  0.97 |
-| AdamW m, v f32        |  1.93 |  1.93 |  1.93         |  1.93 |
-| reference bf16        |  0.48 |  0.48 |  0.48         |  0.48 |
-| activations           | 92.79 | 75.84 | 35.34         |  7.66 |
-| rollout KV cache bf16 |  0.88 |  0.88 |  0.88         |  0.88 |
-| total                 | 98.00 | 81.06 | 40.56         | 12.88 |
-
-(Of the 7.66 GiB under "full", 3.7 GiB is the float32 logits chunk: 8 x 256 x 152k x 3; chunk=64 cuts it
-to 0.9 GiB.) So on v5p (95 GB HBM) "dots_no_batch" fits with room (and "dots" just fits); on v4 (32 GB HBM) use "full"
-(the default of the full-size presets: `PRESETS[...].remat_policy == "full"`), or "dots_no_batch" with a
-micro-batch of 4. Set it with `QwenVLConfig.remat_policy` / `load_hf(path, remat_policy=...)`.
+What the code keeps, per chip (the assumptions this estimate makes):
+- Parameters, gradients and AdamW m, v in model.param_dtype (float32 in every recipe), FSDP-sharded over the chips
+  (with grad_accum > 1 a micro-batch's gradients are added into the accumulator as they are made: one tree).
+- The reference policy of the KL term: a float32 copy of the starting parameters (`ReferencePolicy`), sharded alike.
+- FSDP gathers a weight whole before its matmul: the LM head (float32, vocab x hidden: 2 GiB for 7B) and one
+  layer's weights are whole on every chip at once.
+- GRPO's training pass runs each prompt and its photo once and its G completions after it
+  (`QwenVL.prefix_hidden_states`); batch rows are split over the chips only where their count divides (fewer
+  prompts than chips: every chip holds all of them), the photos' patch rows likewise (so the vision tower's queries
+  are split even where the prompts are not). Activations are bfloat16 (model.dtype); attention scores
+  and their softmax float32 (`layers.masked_attention`), the probabilities cast back to bfloat16.
+- Per layer kept for the backward (Korthikanti et al. 2022, 34*s*b*d for the layer's tensors, plus the scores:
+  4 + 4 + 2 bytes per score here, where the paper's 16-bit scores take 5): remat "none" keeps all of it, "dots"
+  the matmul outputs and the float32 scores, "dots_no_batch" the matmul outputs, "full" (the presets' default) only
+  the layer input, plus one layer's whole working set while it is differentiated.
+- The LM head runs on the completion positions in chunks of `chunk` positions, float32 logits (x3: logits, softmax,
+  cotangent).
+- Rollouts: the KV cache of the B*G rows (prompt + new tokens, bfloat16), and the prefill of one layer.
+The peak is the larger of the update and the rollout; both hold the parameters, the optimizer state and the
+reference.
 """
 from __future__ import annotations
 
@@ -54,53 +48,105 @@ def count_params(config: QwenVLConfig) -> int:
 
 @dataclasses.dataclass
 class MemoryPlan:
+  """GiB per chip."""
   params: float
   grads: float
   optimizer: float
   reference: float
-  activations: float
-  kv_cache: float
+  gathered: float     # weights FSDP gathers whole (the LM head and one layer)
+  activations: float  # the update's, under the remat policy
+  kv_cache: float     # the rollout's KV cache and prefill
+
+  @property
+  def resident(self) -> float:
+    return self.params + self.optimizer + self.reference
+
+  @property
+  def update(self) -> float:
+    return self.resident + self.grads + self.gathered + self.activations
+
+  @property
+  def rollout(self) -> float:
+    return self.resident + self.gathered + self.kv_cache
 
   @property
   def total(self) -> float:
-    return self.params + self.grads + self.optimizer + self.reference + self.activations + self.kv_cache
+    return max(self.update, self.rollout)
 
 
-def _layer_activation_bytes(s: int, b: int, d: int, heads: int, kv_dim: int, inter: int, policy: str) -> float:
-  """Bytes one transformer layer keeps for its backward, 16-bit activations."""
-  scores = 2 * b * heads * s * s  # bf16 attention probabilities
+def _layer_bytes(s: int, b: float, d: int, heads: int, keys: int, kv_dim: int, inter: int, policy: str,
+                 act: int = 2) -> float:
+  """Bytes one transformer layer over b rows of s queries attending to `keys` keys keeps for its backward."""
+  scores = b * heads * s * keys
   if policy == "none":
-    return s * b * d * (34 + 5 * heads * s / d)
-  dots = 2 * b * s * (d + 2 * kv_dim + d + d + 2 * inter + d)  # q, k, v, attn out, o, gate, up, down
+    return 17 * act * s * b * d + 10 * scores  # float32 scores and softmax, bfloat16 probabilities
+  dots = act * b * s * (d + 2 * kv_dim + d + d + 2 * inter + d)  # q, k, v, attn out, o, gate, up, down
   if policy == "dots":
-    return dots + 2 * scores
+    return dots + 4 * scores
   if policy == "dots_no_batch":
     return dots
-  return 2 * s * b * d  # "full": the layer input only
+  return act * s * b * d  # "full": the layer input only
 
 
-def memory_plan(config: QwenVLConfig, *, chips: int = 32, micro_batch: int = 8, seq_len: int = 1024,
-                images: int = 1, patches: int = 1024, rollout_batch: int = 16, chunk: int = 256,
-                remat_policy: str | None = None, n_params: int | None = None) -> MemoryPlan:
-  """GiB per chip for one GRPO training step of `config` on `chips` chips (see the module docstring)."""
+def _per_chip(rows: int, chips: int) -> int:
+  """Rows one chip holds: split when they divide over the chips, else all of them (geojax.models.sharding)."""
+  return rows // chips if rows % chips == 0 else rows
+
+
+def _layer_params(config: QwenVLConfig) -> int:
+  t = config.text
+  kv_dim = t.num_kv_heads * t.head_dim
+  return t.hidden_size * (2 * t.hidden_size + 2 * kv_dim) + 3 * t.hidden_size * t.intermediate_size
+
+
+def memory_plan(config: QwenVLConfig, *, chips: int = 32, prompts: int = 16, group: int = 4, prompt_len: int = 512,
+                new_tokens: int = 256, patches: int = 1600, grad_accum: int = 1, chunk: int = 256,
+                remat_policy: str | None = None, n_params: int | None = None, param_bytes: int = 4,
+                act_bytes: int = 2) -> MemoryPlan:
+  """GiB per chip of one GRPO step (`prompts` prompts x `group` completions of `new_tokens` tokens, prompts of
+  `prompt_len` tokens with one photo of `patches` patches) on `chips` chips; defaults: configs/geo_r.py on 32."""
   policy = remat_policy or config.remat_policy
   n = n_params if n_params is not None else count_params(config)
   t, v = config.text, config.vision
-  shard = n / chips
   kv_dim = t.num_kv_heads * t.head_dim
-  text_layers = t.num_layers * _layer_activation_bytes(seq_len, micro_batch, t.hidden_size, t.num_heads, kv_dim,
-                                                       t.intermediate_size, policy)
-  vision_layers = v.depth * _layer_activation_bytes(patches, micro_batch * images, v.hidden_size, v.num_heads,
-                                                    v.hidden_size, v.intermediate_size, policy)
-  # Working set of the layer being recomputed / differentiated, and the float32 logits chunk (x3: logits,
-  # softmax, its cotangent).
-  working = _layer_activation_bytes(seq_len, micro_batch, t.hidden_size, t.num_heads, kv_dim, t.intermediate_size,
-                                    "none")
-  logits = 3 * 4 * micro_batch * chunk * t.vocab_size
-  kv = rollout_batch * seq_len * t.num_layers * 2 * kv_dim * 2
-  return MemoryPlan(params=4 * shard / GIB, grads=4 * shard / GIB, optimizer=8 * shard / GIB,
-                    reference=2 * shard / GIB, activations=(text_layers + vision_layers + working + logits) / GIB,
-                    kv_cache=kv / GIB)
+  shard = param_bytes * n / chips
+  micro = prompts // grad_accum
+  pc, rc = _per_chip(micro, chips), _per_chip(micro * group, chips)  # prompts, completion rows per chip
+  P, N, D = prompt_len, new_tokens, t.hidden_size
+
+  def text_layer(p):
+    return (_layer_bytes(P, pc, D, t.num_heads, P, kv_dim, t.intermediate_size, p, act_bytes)
+            + _layer_bytes(N, rc, D, t.num_heads, P + N, kv_dim, t.intermediate_size, p, act_bytes))
+
+  vr = _per_chip(micro * patches, chips)  # patch rows per chip: pixel_values are split by rows where they divide
+
+  def vision_layer(p):  # a full-attention block (the window blocks attend to less): vr queries over an image's keys
+    return _layer_bytes(vr, 1, v.hidden_size, v.num_heads, patches, v.hidden_size, v.intermediate_size, p, act_bytes)
+
+  saved = t.num_layers * text_layer(policy) + v.depth * vision_layer(policy)
+  working = max(text_layer("none"), vision_layer("none"))
+  logits = 3 * 4 * rc * min(chunk, N) * t.vocab_size
+  rows = _per_chip(prompts * group, chips)
+  kv = rows * (P + N) * t.num_layers * 2 * kv_dim * act_bytes
+  vr_all = _per_chip(prompts * patches, chips)
+  prefill = max(_layer_bytes(P, _per_chip(prompts, chips), D, t.num_heads, P, kv_dim, t.intermediate_size, "none",
+                             act_bytes),
+                _layer_bytes(vr_all, 1, v.hidden_size, v.num_heads, patches, v.hidden_size, v.intermediate_size,
+                             "none", act_bytes)) / 2  # forward only: about half the layer's tensors
+  gathered = param_bytes * (t.vocab_size * D + _layer_params(config))
+  return MemoryPlan(params=shard / GIB, grads=shard / GIB, optimizer=2 * shard / GIB,
+                    reference=shard / GIB, gathered=gathered / GIB, activations=(saved + working + logits) / GIB,
+                    kv_cache=(kv + prefill) / GIB)
+
+
+def recipe_shapes(config) -> dict:
+  """memory_plan's keyword arguments for a geojax config (ConfigDict): its GRPO batch and the largest photo of its
+  grid buckets (else of data.max_pixels)."""
+  g, d = config.grpo, config.data
+  buckets = [tuple(b) for b in d.get("grid_buckets", ())]
+  patches = max(h * w for h, w in buckets) if buckets else d.max_pixels // (14 * 14)
+  return dict(prompts=g.batch_size, group=g.group_size, prompt_len=d.max_prompt_len, new_tokens=g.max_new_tokens,
+              patches=patches, grad_accum=g.grad_accum)
 
 
 def table(config: QwenVLConfig, **kwargs) -> str:
@@ -108,8 +154,9 @@ def table(config: QwenVLConfig, **kwargs) -> str:
   policies = ("none", "dots", "dots_no_batch", "full")
   plans = {p: memory_plan(config, remat_policy=p, n_params=n, **kwargs) for p in policies}
   rows = [("params f32", "params"), ("grads f32", "grads"), ("AdamW m, v f32", "optimizer"),
-          ("reference bf16", "reference"), ("activations", "activations"), ("rollout KV cache bf16", "kv_cache"),
-          ("total", "total")]
+          ("reference f32", "reference"), ("gathered weights f32", "gathered"), ("activations", "activations"),
+          ("update", "update"), ("rollout KV cache + prefill", "kv_cache"), ("rollout", "rollout"),
+          ("peak", "total")]
   lines = ["| GiB per chip | " + " | ".join(policies) + " |", "|---" * (len(policies) + 1) + "|"]
   for label, field in rows:
     lines.append(f"| {label} | " + " | ".join(f"{getattr(plans[p], field):.2f}" for p in policies) + " |")
@@ -117,6 +164,12 @@ def table(config: QwenVLConfig, **kwargs) -> str:
 
 
 if __name__ == "__main__":
+  from geojax import config as gconfig
   from geojax.models.presets import PRESETS
-  print(f"Qwen2.5-VL-7B ({count_params(PRESETS['qwen2.5-vl-7b']) / 1e9:.2f}B params), 32 chips:")
-  print(table(PRESETS["qwen2.5-vl-7b"]))
+  for spec, chips, slice_ in (("configs/geo_r.py", 32, "v5e:4x8"), ("configs/globe.py", 16, "v5p:2x2x4")):
+    recipe = gconfig.load(spec)
+    model = PRESETS[recipe.model.preset]
+    shapes = recipe_shapes(recipe)
+    print(f"\n{spec}: {recipe.model.preset} ({count_params(model) / 1e9:.2f}B params), {chips} chips ({slice_}), "
+          + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+    print(table(model, chips=chips, **shapes))

@@ -19,7 +19,7 @@ KV cache for sampling (all shapes static; jit prefill and decode_step with image
     logits_last, cache = model.prefill(input_ids, attention_mask, position_ids, pixel_values, image_grid_thw, cache)
     logits, cache = model.decode_step(tokens, positions, cache)
 
-  `cache` is a dict pytree: "k", "v" (tuples over layers of [B, max_len, kv_heads, head_dim]), "valid"
+  `cache` is a dict pytree: "k", "v" (stacked over layers: [num_layers, B, max_len, kv_heads, head_dim]), "valid"
   bool [B, max_len] (keys that may be attended), "index" int32 [] (next slot to write), "next_pos" int32 [B].
   prefill(input_ids [B, P], attention_mask [B, P], position_ids [3, B, P] | None, pixel_values | None,
   image_grid_thw | None, cache) starts from an EMPTY cache, writes slots [0, P) and returns float32 logits
@@ -33,7 +33,7 @@ KV cache for sampling (all shapes static; jit prefill and decode_step with image
 
 One-token decoding (the sampler's loop): the same layers over a cache laid out for one query per row::
 
-    cache = model.decode_cache(prefilled, length, repeats=G)  # K [B*G, KV, hd, length], V [B*G, KV, length, hd]
+    cache = model.decode_cache(prefilled, length, repeats=G)  # K [layers, B*G, KV, hd, length], V [.., length, hd]
     logits, cache = model.decode_one(tokens, cache)          # = decode_step(tokens, None, cache), cheaper per step
 
   decode_cache takes a prefilled cache (which may be prompt-length: prefill attends over P keys, not P + N),
@@ -49,7 +49,7 @@ from flax import nnx
 from geojax.data.mrope import rope_index
 from geojax.models.config import QwenVLConfig
 from geojax.models.sharding import rules_context, shard
-from geojax.models.text import CACHE_AXES, K_AXES, V_AXES, TextDecoder
+from geojax.models.text import CACHE_AXES, K_AXES, V_AXES, TextDecoder, stacked
 from geojax.models.vision import VisionTower, grid_tuple
 
 
@@ -155,10 +155,11 @@ class QwenVL(nnx.Module):
     cfg = self.config.text
     dtype = dtype or self.dtype
     with rules_context(self.config.sharding_rules):
-      zeros = lambda: shard(jnp.zeros((batch, max_len, cfg.num_kv_heads, cfg.head_dim), dtype), CACHE_AXES)
+      zeros = lambda: shard(jnp.zeros((cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim), dtype),
+                            stacked(CACHE_AXES))
       return {
-          "k": tuple(zeros() for _ in range(cfg.num_layers)),
-          "v": tuple(zeros() for _ in range(cfg.num_layers)),
+          "k": zeros(),
+          "v": zeros(),
           "valid": jnp.zeros((batch, max_len), bool),
           "index": jnp.zeros((), jnp.int32),
           "next_pos": jnp.zeros((batch,), jnp.int32),
@@ -206,27 +207,27 @@ class QwenVL(nnx.Module):
 
   # ---------------------------------------------------------------- one-token decoding
   def decode_cache(self, cache: dict, length: int, repeats: int = 1) -> dict:
-    """A prefilled cache (k, v [B, P, KV, hd]) in the decode layout with room for `length` slots in all:
-    K [B*repeats, KV, hd, length], V [B*repeats, KV, length, hd], each row repeated `repeats` times (prompt-major),
-    the slots past P empty (not valid)."""
+    """A prefilled cache (k, v [num_layers, B, P, KV, hd]) in the decode layout with room for `length` slots in all:
+    K [num_layers, B*repeats, KV, hd, length], V [num_layers, B*repeats, KV, length, hd], each row repeated `repeats`
+    times (prompt-major), the slots past P empty (not valid)."""
     extra = length - cache["valid"].shape[1]
-    rep = lambda x: x if repeats == 1 else jnp.repeat(x, repeats, axis=0)
+    rep = lambda x, axis=0: x if repeats == 1 else jnp.repeat(x, repeats, axis=axis)
     with rules_context(self.config.sharding_rules):
-      rows = lambda x: x if repeats == 1 else shard(rep(x), CACHE_AXES)
-      k = tuple(shard(jnp.pad(jnp.transpose(rows(k), (0, 2, 3, 1)), ((0, 0), (0, 0), (0, 0), (0, extra))), K_AXES)
-                for k in cache["k"])
-      v = tuple(shard(jnp.pad(jnp.transpose(rows(v), (0, 2, 1, 3)), ((0, 0), (0, 0), (0, extra), (0, 0))), V_AXES)
-                for v in cache["v"])
+      rows = lambda x: x if repeats == 1 else shard(rep(x, 1), stacked(CACHE_AXES))
+      pad = lambda x, axis: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])
+      k = shard(pad(jnp.transpose(rows(cache["k"]), (0, 1, 3, 4, 2)), 4), stacked(K_AXES))
+      v = shard(pad(jnp.transpose(rows(cache["v"]), (0, 1, 3, 2, 4)), 3), stacked(V_AXES))
     return dict(cache, k=k, v=v, valid=jnp.pad(rep(cache["valid"]), ((0, 0), (0, extra))),
                 next_pos=rep(cache["next_pos"]))
 
-  def decode_one(self, tokens, cache: dict, head=None) -> tuple[jax.Array, dict]:
+  def decode_one(self, tokens, cache: dict, head=None, layers=None) -> tuple[jax.Array, dict]:
     """`decode_step(tokens, None, cache)` over a `decode_cache` cache: float32 logits [B, V] of the token after
     `tokens` [B], written at slot cache["index"] and position cache["next_pos"] (both advanced). `head` [D, V], if
     given, replaces the output matrix (e.g. a transposed copy of a tied embedding, which XLA:CPU multiplies
-    1.3-1.6x faster than the [V, D] embedding)."""
+    1.3-1.6x faster than the [V, D] embedding). `layers`, if given, is `language_model.layer_list()`, the layers as
+    separate modules (see `TextDecoder.decode`)."""
     index, positions = cache["index"], cache["next_pos"]
     valid = jax.lax.dynamic_update_slice(cache["valid"], jnp.ones((tokens.shape[0], 1), bool), (0, index))
     with rules_context(self.config.sharding_rules):
-      logits, k, v = self.language_model.decode(tokens, positions, cache["k"], cache["v"], valid, index, head)
+      logits, k, v = self.language_model.decode(tokens, positions, cache["k"], cache["v"], valid, index, head, layers)
     return logits, dict(cache, k=k, v=v, valid=valid, index=index + 1, next_pos=positions + 1)

@@ -28,6 +28,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("act_vocab", "tensor"),
     ("cache_length", None),
     # parameters
+    ("layers", None),  # the stacked axis of scanned layers (geojax.models.scan): every device holds all layers
     ("embed", "fsdp"),
     ("vocab", "tensor"),
     ("heads", "tensor"),

@@ -4,30 +4,33 @@ Each layer has two paths over the same parameters: `__call__` for a sequence (tr
 cached pass; cache [B, T, KV, hd]) and `decode` for one token per row over the sampler's decode-layout cache
 (K [B, KV, hd, T], V [B, KV, T, hd]), which is cheaper per step on CPU, where a small model's step is a chain of
 tiny kernels: neither attention dot transposes the cache and the rotary angles come from one position per row.
+
+The layers are one `geojax.models.scan.stack` (parameters [num_layers, ...]) and every path runs them as a scan, so
+the program holds one layer however deep the model is. The KV caches are stacked the same way, [num_layers, ...]
+(`STACKED`), and carried through the scan: each layer writes its new keys and values in place.
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from geojax.models import scan
 from geojax.models.config import TextConfig
 from geojax.models.layers import (Dense, Embed, RMSNorm, apply_rotary, inverse_frequencies, masked_attention,
                                   one_query_attention)
+from geojax.models.scan import REMAT  # noqa: F401  (the remat policies by name; re-exported)
 from geojax.models.sharding import shard
 
 CACHE_AXES = ("batch", "cache_length", "kv_heads", "head_dim")  # the sequence path's cache
 K_AXES = ("batch", "kv_heads", "head_dim", "cache_length")  # the decode layout
 V_AXES = ("batch", "kv_heads", "cache_length", "head_dim")
 
-REMAT = {
-    "full": None,  # jax.checkpoint's default: save nothing, recompute the whole block
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+
+def stacked(axes: tuple[str, ...]) -> tuple[str, ...]:
+  """Logical axes of a cache stacked over layers ([num_layers, ...] with the per-layer `axes`)."""
+  return (scan.LAYERS, *axes)
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
@@ -73,20 +76,21 @@ class Attention(nnx.Module):
     out = masked_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
     return self.o_proj(out), (k, v)
 
-  def decode(self, x, cos, sin, k_cache, v_cache, valid, index):
-    """One token per row: x [B, D], cos/sin [B, hd]; writes its key/value at slot `index` of the decode-layout
-    cache (K [B, KV, hd, T], V [B, KV, T, hd]) and attends over the slots `valid` [B, T] marks (the new one
-    included). Returns (out [B, D], (k_cache, v_cache))."""
+  def decode(self, x, cos, sin, k_cache, v_cache, valid, index, layer):
+    """One token per row: x [B, D], cos/sin [B, hd]; writes its key/value at slot `index` of layer `layer` of the
+    stacked decode-layout caches (K [N, B, KV, hd, T], V [N, B, KV, T, hd]; in place, so that a scan over layers
+    copies no cache) and attends over that layer's slots `valid` [B, T] marks (the new one included). Returns
+    (out [B, D], (k_cache, v_cache))."""
     batch = x.shape[0]
     kv_heads, head_dim = self.k_proj.out_shape
     q = self.q_proj(x).reshape(batch, kv_heads, -1, head_dim)  # head = kv_head * groups + g
     q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(self.k_proj(x), cos, sin)
     v = self.v_proj(x)
-    k_cache = shard(jax.lax.dynamic_update_slice(k_cache, k[..., None].astype(k_cache.dtype), (0, 0, 0, index)),
-                    K_AXES)
-    v_cache = shard(jax.lax.dynamic_update_slice(v_cache, v[:, :, None].astype(v_cache.dtype), (0, 0, index, 0)),
-                    V_AXES)
-    out = one_query_attention(q, k_cache, v_cache, valid)
+    k_cache = shard(jax.lax.dynamic_update_slice(k_cache, k[None, ..., None].astype(k_cache.dtype),
+                                                 (layer, 0, 0, 0, index)), stacked(K_AXES))
+    v_cache = shard(jax.lax.dynamic_update_slice(v_cache, v[None, :, :, None].astype(v_cache.dtype),
+                                                 (layer, 0, 0, index, 0)), stacked(V_AXES))
+    out = one_query_attention(q, k_cache[layer], v_cache[layer], valid)
     return self.o_proj(out.reshape(batch, -1, head_dim)), (k_cache, v_cache)
 
 
@@ -117,16 +121,12 @@ class DecoderLayer(nnx.Module):
     x = x + self.mlp(self.post_attention_layernorm(x))
     return shard(x, ("batch", "length", "act_embed")), kv
 
-  def decode(self, x, cos, sin, k_cache, v_cache, valid, index):
-    """The same layer for one token per row x [B, D] over the decode-layout cache (see `Attention.decode`)."""
-    attn, kv = self.self_attn.decode(self.input_layernorm(x), cos, sin, k_cache, v_cache, valid, index)
+  def decode(self, x, cos, sin, k_cache, v_cache, valid, index, layer):
+    """The same layer for one token per row x [B, D] over the stacked decode-layout caches (`Attention.decode`)."""
+    attn, kv = self.self_attn.decode(self.input_layernorm(x), cos, sin, k_cache, v_cache, valid, index, layer)
     x = x + attn
     x = x + self.mlp(self.post_attention_layernorm(x)[:, None])[:, 0]  # the MLP takes [B, L, D]
     return shard(x, ("batch", "act_embed")), kv
-
-
-def _run_layer(layer, x, cos, sin, mask):
-  return layer(x, cos, sin, mask)[0]
 
 
 def _run_prefix_layer(layer, xp, xn, cos_p, sin_p, cos_n, sin_n, mask_p, mask_n, group):
@@ -139,14 +139,23 @@ def _run_prefix_layer(layer, xp, xn, cos_p, sin_p, cos_n, sin_n, mask_p, mask_n,
   return xp, xn
 
 
+def _write_slots(caches, layer_cache, layer, start, count: int, axis: int, axes):
+  """The stacked caches [N, ...] with slots [start, start + count) of layer `layer` (along that layer's `axis`)
+  copied from `layer_cache`, the layer's cache after its pass: only the new entries are written, in place."""
+  new = jax.lax.dynamic_slice_in_dim(layer_cache, start, count, axis=axis)
+  corner = [0] * caches.ndim
+  corner[0], corner[axis + 1] = layer, start
+  return shard(jax.lax.dynamic_update_slice(caches, new[None].astype(caches.dtype), corner), stacked(axes))
+
+
 class TextDecoder(nnx.Module):
-  """Embedding, decoder layers, final norm and LM head (or the tied embedding)."""
+  """Embedding, decoder layers (one `scan.stack`), final norm and LM head (or the tied embedding)."""
 
   def __init__(self, cfg: TextConfig, *, remat_policy: str = "none", dtype, param_dtype, rngs: nnx.Rngs):
     self.cfg, self.dtype, self.remat_policy = cfg, dtype, remat_policy
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, **kw)
-    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, **kw) for _ in range(cfg.num_layers)])
+    self.layers = scan.stack([DecoderLayer(cfg, rngs=rngs, **kw) for _ in range(cfg.num_layers)])
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
     self.lm_head = None if cfg.tie_word_embeddings else Dense(
         (cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab"), bias=False, rngs=rngs, **kw)
@@ -157,12 +166,11 @@ class TextDecoder(nnx.Module):
     causal = jnp.tril(jnp.ones((length, length), bool))
     mask = causal[None] & key_valid[:, None, :].astype(bool)
     cos, sin = mrope_cos_sin(positions, self.cfg)
-    run = _run_layer
-    if self.remat_policy != "none":
-      run = nnx.remat(_run_layer, policy=REMAT[self.remat_policy], prevent_cse=True)
-    x = shard(x, ("batch", "length", "act_embed"))
-    for layer in self.layers:
-      x = run(layer, x, cos, sin, mask)
+
+    def body(layer, x, _):
+      return layer(x, cos, sin, mask)[0], None
+
+    x, _ = scan.scan(self.layers, body, shard(x, ("batch", "length", "act_embed")), remat_policy=self.remat_policy)
     return self.norm(x)
 
   def with_prefix(self, xp, pos_p, valid_p, xn, pos_n, valid_n, group: int) -> tuple[jax.Array, jax.Array]:
@@ -177,40 +185,58 @@ class TextDecoder(nnx.Module):
                              axis=2)
     cos_p, sin_p = mrope_cos_sin(pos_p, self.cfg)
     cos_n, sin_n = mrope_cos_sin(pos_n, self.cfg)
-    run = functools.partial(_run_prefix_layer, group=group)
-    if self.remat_policy != "none":
-      run = nnx.remat(run, policy=REMAT[self.remat_policy], prevent_cse=True)
-    xp, xn = shard(xp, ("batch", "length", "act_embed")), shard(xn, ("batch", "length", "act_embed"))
-    for layer in self.layers:
-      xp, xn = run(layer, xp, xn, cos_p, sin_p, cos_n, sin_n, mask_p, mask_n)
+
+    def body(layer, carry, _):
+      return _run_prefix_layer(layer, *carry, cos_p, sin_p, cos_n, sin_n, mask_p, mask_n, group), None
+
+    carry = shard(xp, ("batch", "length", "act_embed")), shard(xn, ("batch", "length", "act_embed"))
+    (xp, xn), _ = scan.scan(self.layers, body, carry, remat_policy=self.remat_policy)
     return self.norm(xp), self.norm(xn)
 
   def cached(self, x, positions, mask, cache_k, cache_v, cache_index):
-    """One pass over new tokens x [B, S, D] that reads and writes the KV cache; returns (hidden, ks, vs)."""
+    """One pass over new tokens x [B, S, D] that reads and writes the KV caches (stacked over layers,
+    [num_layers, B, T, KV, hd]); returns (hidden, cache_k, cache_v)."""
     cos, sin = mrope_cos_sin(positions, self.cfg)
-    new_k, new_v = [], []
-    for layer, ck, cv in zip(self.layers, cache_k, cache_v):
-      x, (k, v) = layer(x, cos, sin, mask, (ck, cv), cache_index)
-      new_k.append(k)
-      new_v.append(v)
-    return self.norm(x), tuple(new_k), tuple(new_v)
+    steps = x.shape[1]
 
-  def decode(self, tokens, positions, cache_k, cache_v, valid, index, head=None):
+    def body(layer, carry, i):
+      x, ks, vs = carry
+      x, (k, v) = layer(x, cos, sin, mask, (ks[i], vs[i]), cache_index)
+      return (x, _write_slots(ks, k, i, cache_index, steps, 1, CACHE_AXES),
+              _write_slots(vs, v, i, cache_index, steps, 1, CACHE_AXES)), None
+
+    (x, cache_k, cache_v), _ = scan.scan(self.layers, body, (x, cache_k, cache_v), jnp.arange(self.cfg.num_layers))
+    return self.norm(x), cache_k, cache_v
+
+  def decode(self, tokens, positions, cache_k, cache_v, valid, index, head=None, layers=None):
     """Logits float32 [B, V] of the token after `tokens` [B] at rotary `positions` [B], writing slot `index` of
-    the decode-layout caches; returns (logits, ks, vs). `head` [D, V], if given, replaces the output matrix."""
+    the decode-layout caches (stacked over layers: K [num_layers, B, KV, hd, T], V [num_layers, B, KV, T, hd]);
+    returns (logits, cache_k, cache_v). `head` [D, V], if given, replaces the output matrix. `layers` (from
+    `layer_list`), if given, run one after another in place of the scan over the stacked layers: with copies made
+    once before a decode loop, no step slices the weights out of the stack (which XLA:CPU copies)."""
     cos, sin = rope_cos_sin(positions, self.cfg)
     x = shard(self.embed_tokens(tokens), ("batch", "act_embed"))
-    new_k, new_v = [], []
-    for layer, ck, cv in zip(self.layers, cache_k, cache_v):
-      x, (k, v) = layer.decode(x, cos, sin, ck, cv, valid, index)
-      new_k.append(k)
-      new_v.append(v)
+
+    def body(layer, carry, i):
+      x, ks, vs = carry
+      x, (ks, vs) = layer.decode(x, cos, sin, ks, vs, valid, index, i)
+      return (x, ks, vs), None
+
+    if layers is None:
+      (x, cache_k, cache_v), _ = scan.scan(self.layers, body, (x, cache_k, cache_v), jnp.arange(self.cfg.num_layers))
+    else:
+      for i, layer in enumerate(layers):
+        (x, cache_k, cache_v), _ = body(layer, (x, cache_k, cache_v), i)
     hidden = self.norm(x)
     if head is None:
       logits = self.logits(hidden)
     else:
       logits = jnp.dot(hidden.astype(self.dtype), head.astype(self.dtype), preferred_element_type=jnp.float32)
-    return logits, tuple(new_k), tuple(new_v)
+    return logits, cache_k, cache_v
+
+  def layer_list(self) -> list[DecoderLayer]:
+    """The layers as separate modules (slices of the stacked parameters, copied once), for `decode` on CPU."""
+    return [scan.layer(self.layers, i) for i in range(self.cfg.num_layers)]
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """float32 logits [..., V] of final hidden states."""

@@ -19,8 +19,8 @@ from flax import nnx
 from geojax.models.config import VisionConfig
 from geojax.models.layers import (ACTIVATIONS, Dense, LayerNorm, RMSNorm, apply_rotary, inverse_frequencies,
                                   masked_attention)
+from geojax.models import scan
 from geojax.models.sharding import shard
-from geojax.models.text import REMAT
 
 Grid = tuple[tuple[int, int, int], ...]
 
@@ -187,20 +187,17 @@ class PatchMerger(nnx.Module):
     return self.fc2(ACTIVATIONS["gelu"](self.fc1(x)))
 
 
-def _block_runner(seg: Segments):
-  """A block call with its attention segments (host constants) closed over, so remat sees only arrays."""
-  def run(block, x, cos, sin):
-    return block(x, cos, sin, seg)
-  return run
-
-
 class VisionTower(nnx.Module):
+  """Patch embedding, the blocks (one `scan.stack`, run as a scan) and the patch merger. In Qwen2.5-VL, whether a
+  block attends over whole frames or over windows (`fullatt_block_indexes`) is a per-block flag scanned with the
+  parameters, and each block picks its segments with `jax.lax.cond` on it (no branch when all blocks agree)."""
+
   def __init__(self, cfg: VisionConfig, version: str, *, remat_policy: str = "none", dtype, param_dtype,
                rngs: nnx.Rngs):
     self.cfg, self.version, self.remat_policy, self.dtype = cfg, version, remat_policy, dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.patch_embed = Dense((cfg.patch_dim,), (cfg.hidden_size,), ("patch", "vision_embed"), bias=False, **kw)
-    self.blocks = nnx.List([VisionBlock(cfg, version, **kw) for _ in range(cfg.depth)])
+    self.blocks = scan.stack([VisionBlock(cfg, version, **kw) for _ in range(cfg.depth)])
     self.merger = PatchMerger(cfg, version, **kw)
 
   def __call__(self, pixel_values: jax.Array, grid: Grid) -> jax.Array:
@@ -215,13 +212,15 @@ class VisionTower(nnx.Module):
     if plan.order is not None:
       x = x.reshape(-1, merge_area, x.shape[-1])[jnp.asarray(plan.order)].reshape(x.shape)
     cos, sin = vision_cos_sin(plan.positions, self.cfg)
-    for i, block in enumerate(self.blocks):
-      full = plan.windows is None or i in self.cfg.fullatt_block_indexes
-      seg = plan.full if full else plan.windows
-      run = _block_runner(seg)
-      if self.remat_policy != "none":
-        run = nnx.remat(run, policy=REMAT[self.remat_policy], prevent_cse=True)
-      x = run(block, x, cos, sin)
+    full = np.asarray([plan.windows is None or i in self.cfg.fullatt_block_indexes for i in range(self.cfg.depth)])
+
+    def body(block, x, is_full):
+      if full.all() or not full.any():  # every block attends alike: no branch
+        return block(x, cos, sin, plan.full if full.all() else plan.windows), None
+      return jax.lax.cond(is_full, lambda x: block(x, cos, sin, plan.full),
+                          lambda x: block(x, cos, sin, plan.windows), x), None
+
+    x, _ = scan.scan(self.blocks, body, x, jnp.asarray(full), remat_policy=self.remat_policy)
     out = self.merger(x)
     if plan.restore is not None:
       out = out[jnp.asarray(plan.restore)]

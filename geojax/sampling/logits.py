@@ -9,6 +9,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from geojax.models.sharding import logical_to_spec
 
 
 class SamplingSettings(NamedTuple):
@@ -68,6 +71,73 @@ def first_argmax(x: jax.Array) -> jax.Array:
   return (best_block * ARGMAX_BLOCK + jnp.argmax(chosen, axis=-1)).astype(jnp.int32)
 
 
+# --------------------------------------------------------------- over logits split on the vocabulary
+def _vocab_split(x: jax.Array):
+  """(mesh, row spec, shard width) when x [R, V] is split over the current mesh's tensor axis (as a decode layout's
+  LM head leaves its logits), else None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.shape.get("tensor", 1) == 1 or x.shape[-1] % mesh.shape["tensor"]:
+    return None
+  rows = logical_to_spec(("batch",), None, x.shape[:1], dict(mesh.shape))[0]
+  return mesh, rows, x.shape[-1] // mesh.shape["tensor"]
+
+
+def _over_vocab(local, split, *args, row_args: int = 0):
+  """`local` per vocabulary shard (args [R, V] split on V, then `row_args` [R] arrays), each returning row arrays
+  equal on every shard."""
+  mesh, rows, _ = split
+  in_specs = (P(rows, "tensor"),) * (len(args) - row_args) + (P(rows),) * row_args
+  return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(rows), check_vma=False)(*args)
+
+
+def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """jax.lax.top_k over the last axis of x [R, V]; on vocabulary-split logits, each shard's top k, then the top k
+  of those (the same values and ids, ties to the lower id: shards are in id order), never gathering x."""
+  split = _vocab_split(x)
+  if split is None or k > split[2]:
+    return jax.lax.top_k(x, k)
+
+  def local(x):
+    values, ids = jax.lax.top_k(x, k)
+    ids = ids + jax.lax.axis_index("tensor") * split[2]
+    values, ids = (jax.lax.all_gather(a, "tensor", axis=1, tiled=True) for a in (values, ids))
+    values, slot = jax.lax.top_k(values, k)
+    return values, jnp.take_along_axis(ids, slot, axis=1)
+
+  return _over_vocab(local, split, x)
+
+
+def argmax(x: jax.Array) -> jax.Array:
+  """`first_argmax`; on vocabulary-split logits, each shard's first maximum, then the first of those."""
+  split = _vocab_split(x)
+  if split is None:
+    return first_argmax(x)
+
+  def local(x):
+    slot = first_argmax(x)[:, None]
+    best = jnp.take_along_axis(x, slot, axis=1)
+    ids = slot + jax.lax.axis_index("tensor") * split[2]
+    best, ids = (jax.lax.all_gather(a, "tensor", axis=1, tiled=True) for a in (best, ids))  # [R, shards]
+    return jnp.take_along_axis(ids, first_argmax(best)[:, None], axis=1)[:, 0]
+
+  return _over_vocab(local, split, x)
+
+
+def take(x: jax.Array, ids: jax.Array) -> jax.Array:
+  """x[r, ids[r]] for x [R, V]; on vocabulary-split logits, read on the shard that holds each id."""
+  split = _vocab_split(x)
+  if split is None:
+    return jnp.take_along_axis(x, ids[:, None], axis=-1)[:, 0]
+
+  def local(x, ids):
+    at = ids - jax.lax.axis_index("tensor") * split[2]
+    inside = (at >= 0) & (at < split[2])
+    value = jnp.take_along_axis(x, jnp.clip(at, 0, split[2] - 1)[:, None], axis=1)[:, 0]
+    return jax.lax.psum(jnp.where(inside, value, jnp.zeros_like(value)), "tensor")
+
+  return _over_vocab(local, split, x, ids, row_args=1)
+
+
 def _top_p_keep(sorted_logits: jax.Array, top_p: float) -> jax.Array:
   """Keep mask over logits sorted in descending order: a token stays while the mass strictly above it < top_p.
 
@@ -119,7 +189,7 @@ def filtered_candidates(logits: jax.Array, settings: SamplingSettings) -> tuple[
   if settings.top_k is None:
     return jnp.where(_top_p_keep_unsorted(scaled, settings.top_p), scaled, -jnp.inf), None
   k = settings.top_k if settings.top_k is not None else scaled.shape[-1]
-  values, ids = jax.lax.top_k(scaled, k)
+  values, ids = top_k(scaled, k)
   if settings.top_p is not None:
     values = jnp.where(_top_p_keep(values, settings.top_p), values, -jnp.inf)
   return values, ids
@@ -144,17 +214,17 @@ def choose(logits: jax.Array, key: jax.Array | None, settings: SamplingSettings,
   logits = logits.astype(jnp.float32)
   policy_logprobs = jax.nn.log_softmax(logits, axis=-1)
   if settings.greedy:
-    token = first_argmax(logits)
-    logprob = jnp.take_along_axis(policy_logprobs, token[:, None], axis=-1)[:, 0]
+    token = argmax(logits)
+    logprob = take(policy_logprobs, token)
     return Choice(token, logprob, jnp.zeros_like(logprob))
   candidates, ids = filtered_candidates(logits, settings)
   # Gumbel-max draw (what jax.random.categorical does), with the blocked argmax.
   if noise is None:
     noise = draw_noise(key, candidates.shape)
-  slot = first_argmax(candidates + noise)
-  sampling_logprob = jnp.take_along_axis(jax.nn.log_softmax(candidates, axis=-1), slot[:, None], axis=-1)[:, 0]
+  slot = argmax(candidates + noise)
+  sampling_logprob = take(jax.nn.log_softmax(candidates, axis=-1), slot)
   token = slot if ids is None else jnp.take_along_axis(ids, slot[:, None], axis=-1)[:, 0].astype(jnp.int32)
-  logprob = jnp.take_along_axis(policy_logprobs, token[:, None], axis=-1)[:, 0]
+  logprob = take(policy_logprobs, token)
   return Choice(token, logprob, sampling_logprob)
 
 

@@ -12,9 +12,11 @@ tiled G times (`tile="cache"`) or the prompts are tiled before prefill (`tile="p
 
 The Sampler splits the model once (`nnx.split(model, nnx.Param, ...)`) and keeps its graph definition (hashed once)
 and non-parameter state; a call merges them with the parameters it is given inside one jitted function (prefill and
-decode loop, `geojax.sampling.loop`). One compile per static signature: batch and prompt shapes, image grid, the
-settings and the model's graph, shared by every Sampler of the same graph and settings (see
-`compiled_signatures`). Parameters sharded over a mesh (NamedShardings) are sampled under that mesh.
+decode loop, `geojax.sampling.loop`), and, while rows remain after that call's first phase, resumes the loop in the
+next phase (smaller batch, longer cache), chosen here on the host from how far the last one got. One compile per
+static signature: batch and prompt shapes, image grid, the settings and the model's graph, and per phase shape
+reached, shared by every Sampler of the same graph and settings (see `compiled_signatures`). Parameters sharded over
+a mesh (NamedShardings) are sampled under that mesh.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from flax import nnx
 from geojax.data.mrope import rope_index
 from geojax.models.vision import grid_tuple
 from geojax.sampling.logits import SamplingSettings, candidate_count
-from geojax.sampling.loop import GenerateResult, Plan, sample_loop
+from geojax.sampling import loop
+from geojax.sampling.loop import GenerateResult, Plan
 
 # Draw all steps' sampling noise before the loop when it is at most this many floats (see loop._noise_ahead).
 NOISE_AHEAD_MAX = 1 << 22
@@ -52,16 +55,29 @@ class _Graph:
                              and self.graphdef == other.graphdef)
 
 
-@functools.partial(jax.jit, static_argnames=("graph", "plan"))
-def _sample_jit(graph: _Graph, params, rest, input_ids, attention_mask, position_ids, pixel_values, rng, head, *,
-                plan: Plan) -> GenerateResult:
+@functools.partial(jax.jit, static_argnames=("graph", "plan", "length"))
+def _start_jit(graph: _Graph, params, rest, input_ids, attention_mask, position_ids, pixel_values, rng, head, *,
+               plan: Plan, length: int):
   model = nnx.merge(graph.graphdef, params, rest)
-  return sample_loop(model, input_ids, attention_mask, position_ids, pixel_values, rng, head, plan)
+  return loop.start(model, input_ids, attention_mask, position_ids, pixel_values, rng, head, plan, length)
+
+
+@functools.partial(jax.jit, static_argnames=("graph", "plan", "prompt_len", "slots", "length"), donate_argnums=(4,))
+def _resume_jit(graph: _Graph, params, rest, state, out, head, *, plan: Plan, prompt_len: int, slots: int,
+                length: int):
+  """The next phase; the result buffers are donated (the rest changes shape: a phase changes slots or length)."""
+  model = nnx.merge(graph.graphdef, params, rest)
+  return loop.resume(model, state._replace(out=out), head, plan, prompt_len, slots, length)
 
 
 def compiled_signatures() -> int:
-  """How many distinct static signatures have been compiled so far (for tests of the compile cache)."""
-  return _sample_jit._cache_size()
+  """How many distinct static signatures have been compiled so far, first phases and later ones (for tests of the
+  compile cache)."""
+  return _start_jit._cache_size() + _resume_jit._cache_size()
+
+
+def _pow2_at_least(n: int) -> int:
+  return 1 << max(n - 1, 0).bit_length()
 
 
 @functools.cache
@@ -110,11 +126,13 @@ class Sampler:
     pad_token_id: written after EOS; default the first EOS id (0 without one).
     num_samples: G completions per prompt (rows prompt-major).
     tile: "cache" (prefill B rows, then repeat the cache G times) or "prompt" (prefill B*G rows).
+    phases: decode in phases (`geojax.sampling.loop`): the cache grows in buckets and finished rows are dropped
+      from the batch; False: one phase at full batch over the full cache (the same tokens; for benchmarks).
   """
 
   def __init__(self, model, *, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
-               pad_token_id: int | None = None, num_samples: int = 1, tile: str = "cache"):
+               pad_token_id: int | None = None, num_samples: int = 1, tile: str = "cache", phases: bool = True):
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if num_samples < 1:
@@ -130,7 +148,13 @@ class Sampler:
     graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
     self.graph = _Graph(graphdef)
     self._tied_cpu = model.language_model.lm_head is None and jax.default_backend() == "cpu"
+    # On CPU the decode loop runs the layers one by one from copies sliced once per call: in a scan over the stacked
+    # layers each step would copy every layer's weights out of the stack (XLA:CPU does not fuse that slice into its
+    # dots), 1.3-1.8x the per-step time of the toy and mid-size models (BENCHMARKS.md, scanned layers).
+    self._layer_list = jax.default_backend() == "cpu"
     self._head: dict = {}  # {"embedding": weak reference, "head": its [D, V] transpose}, of the last call
+    self.phases = bool(phases)
+    self.last_phases: list[tuple[int, int, int]] = []  # (slots, cache length, first step) of the last call's phases
 
   def __call__(self, params=None, input_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
                position_ids=None, rng=None) -> GenerateResult:
@@ -151,6 +175,31 @@ class Sampler:
       filtered distribution actually sampled (0 when greedy), lengths [B*G] int32). After EOS: pad tokens and
       log-probs 0.
     """
+    params, head, plan, inputs = self._prepare(params, input_ids, attention_mask, pixel_values, image_grid_thw,
+                                               position_ids, rng)
+    mesh = _mesh_of(_embedding(params))
+    if mesh is None:
+      return self._decode(params, head, plan, *inputs)
+    with jax.set_mesh(mesh):
+      return self._decode(params, head, plan, *inputs)
+
+  def lower(self, params=None, input_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
+            position_ids=None, rng=None) -> jax.stages.Lowered:
+    """The first phase's program for these arguments (the call's), lowered: `.compile()` it to read its HLO or
+    memory. `params` may be abstract (jax.ShapeDtypeStruct with shardings), as for a model too big to hold."""
+    params, head, plan, inputs = self._prepare(params, input_ids, attention_mask, pixel_values, image_grid_thw,
+                                               position_ids, rng)
+    buckets = self._buckets(inputs[0].shape[1])
+    lower = functools.partial(_start_jit.lower, self.graph, params, self.rest, *inputs, head, plan=plan,
+                              length=buckets[0])
+    mesh = _mesh_of(_embedding(params))
+    if mesh is None:
+      return lower()
+    with jax.set_mesh(mesh):
+      return lower()
+
+  def _prepare(self, params, input_ids, attention_mask, pixel_values, image_grid_thw, position_ids, rng):
+    """Checks the arguments; returns (params, decode head, plan, the first phase's array arguments)."""
     if input_ids is None:
       raise TypeError("Sampler call needs input_ids")
     if rng is None:
@@ -181,16 +230,34 @@ class Sampler:
     row_images = (self._row_images(input_ids, grid) if self.tile == "prompt" and pixel_values is not None
                   else None)
     plan = Plan(self.max_new_tokens, self.settings, self.eos_ids, self.pad_id, self.num_samples, self.tile,
-                None if pixel_values is None else grid, noise_ahead, row_images)
+                None if pixel_values is None else grid, noise_ahead, row_images, compact=self.phases and rows > 1,
+                layer_list=self._layer_list)
     params = self.params if params is None else params
-    embedding = _embedding(params)
-    call = functools.partial(_sample_jit, self.graph, params, self.rest, input_ids, attention_mask, position_ids,
-                             pixel_values, rng, self._decode_head(embedding), plan=plan)
-    mesh = _mesh_of(embedding)
-    if mesh is None:
-      return call()
-    with jax.set_mesh(mesh):
-      return call()
+    return (params, self._decode_head(_embedding(params)), plan,
+            (input_ids, attention_mask, position_ids, pixel_values, rng))
+
+  def _buckets(self, prompt_len: int) -> tuple[int, ...]:
+    steps = self.max_new_tokens
+    return loop.cache_buckets(prompt_len, steps) if self.phases else (loop.cache_length(prompt_len, steps),)
+
+  def _decode(self, params, head, plan: Plan, *inputs) -> GenerateResult:
+    """The first phase, then the next ones while rows remain (each waits for the last to end: one sync each)."""
+    prompt_len, steps = inputs[0].shape[1], self.max_new_tokens
+    buckets = self._buckets(prompt_len)
+    slots, length = inputs[0].shape[0] * self.num_samples, buckets[0]
+    self.last_phases = [(slots, length, 0)]
+    state, (t, live) = _start_jit(self.graph, params, self.rest, *inputs, head, plan=plan, length=length)
+    if len(buckets) == 1 and not plan.compact:  # one phase does it all: no need to wait for it
+      return GenerateResult(*state.out)
+    while True:
+      t, live = (int(x) for x in jax.device_get((t, live)))
+      if t >= steps or live == 0:
+        return GenerateResult(*state.out)
+      slots = _pow2_at_least(live) if plan.compact else slots
+      length = loop.bucket_for(buckets, prompt_len + t)
+      self.last_phases.append((slots, length, t))
+      state, (t, live) = _resume_jit(self.graph, params, self.rest, state._replace(out=None), state.out, head,
+                                     plan=plan, prompt_len=prompt_len, slots=slots, length=length)
 
   def _row_images(self, input_ids: np.ndarray, grid) -> tuple[int, ...]:
     """How many of the images (in prompt order) each row holds, from its image-pad tokens."""
@@ -217,6 +284,8 @@ class Sampler:
     off CPU (TPU/GPU pick dot layouts themselves)."""
     if not self._tied_cpu:
       return None
+    if not isinstance(embedding, jax.Array):  # abstract parameters (`lower`)
+      return jax.eval_shape(_transpose, embedding)
     ref = self._head.get("embedding")
     if ref is None or ref() is not embedding:
       cell = self._head = {}

@@ -177,3 +177,23 @@ def test_locatability_reward_model_scores_probabilities(tmp_path, builtin_dir):
   assert scores.shape == (6,) and np.all((scores > 0) & (scores < 1))
   np.testing.assert_array_equal(scores[0::2], scores[1::2])  # one score per prompt, repeated over its group
   np.testing.assert_allclose(total, 0.5 * scores)
+
+
+def test_completion_logprobs_under_remat_equal_without(tmp_path, builtin_dir):
+  """The full-size presets remat every layer: the prefix pass (prompt once per group) must run under each policy
+  with the same values and gradients as without remat."""
+  from flax import nnx
+  mesh, model, seq, grid, prompt_len, group = _rollout_case(tmp_path, builtin_dir)
+
+  def loss(m):
+    return jnp.sum(learners.completion_logprobs(m, seq, grid, prompt_len) * seq["completion_mask"])
+
+  with jax.set_mesh(mesh):
+    value, grads = nnx.value_and_grad(loss)(model)
+    for policy in ("full", "dots"):
+      remat = nnx.clone(model)
+      remat.language_model.remat_policy = policy
+      value_r, grads_r = nnx.value_and_grad(loss)(remat)
+      np.testing.assert_allclose(float(value_r), float(value), rtol=1e-6)
+      for a, b in zip(jax.tree.leaves(nnx.state(grads_r)), jax.tree.leaves(nnx.state(grads))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

@@ -33,4 +33,5 @@ def test_update_is_the_same_whatever_grad_accum(tmp_path, builtin_dir):
     np.testing.assert_allclose(float(m["loss"]), float(m1["loss"]), rtol=1e-5)
     np.testing.assert_allclose(float(m["grad_norm"]), float(m1["grad_norm"]), rtol=1e-4)
     for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(state["params"])):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-6)
+      # atol 2e-6 -> 5e-6 with scanned layers (another float summation order): one of 16384 entries was 2.3e-6 off
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=5e-6)

@@ -29,8 +29,8 @@ def test_sharded_equals_unsharded(hf_checkpoint, rng, version):
   want = np.asarray(_forward(load_hf(path), ids, mask, pixels, grid_tuple(grids), positions))
   mesh = make_mesh((1, 4, 2))
   model = load_hf(path, mesh=mesh)
-  q = model.language_model.layers[0].self_attn.q_proj.kernel[...]
-  assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None), q.sharding
+  q = model.language_model.layers.self_attn.q_proj.kernel[...]  # stacked: [layers, embed, heads, head_dim]
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None), q.sharding
   with jax.set_mesh(mesh):
     got = np.asarray(_forward(model, ids, mask, pixels, grid_tuple(grids), positions))
   real = mask.astype(bool)
@@ -47,7 +47,7 @@ def test_bfloat16_runs_close_to_float32(hf_checkpoint, rng, version, record_prop
   ids, mask, pixels, grids = make_batch(rng, CASES["left_padded_batch_of_3"][:2])
   f32 = forward(load_hf(path), ids, mask, pixels, grids)
   bf16_model = load_hf(path, dtype=jnp.bfloat16)
-  assert bf16_model.language_model.layers[0].mlp.up_proj.kernel[...].dtype == jnp.bfloat16
+  assert bf16_model.language_model.layers.mlp.up_proj.kernel[...].dtype == jnp.bfloat16
   bf16 = forward(bf16_model, ids, mask, pixels, grids)
   assert bf16.dtype == np.float32 and np.isfinite(bf16).all()
   p = jax.nn.log_softmax(f32)
@@ -73,5 +73,5 @@ def test_rules_table_and_shard_model():
   config = tiny_config(vocab_size=256, image_token_id=250, vision_start_token_id=251, vision_end_token_id=252,
                        video_token_id=253, sharding_rules=rules)
   model = shard_model(QwenVL(config, rngs=nnx.Rngs(0)), make_mesh((1, 4, 2)))
-  up = model.language_model.layers[0].mlp.up_proj.kernel[...]
-  assert up.sharding.spec == P("tensor", "fsdp"), up.sharding
+  up = model.language_model.layers.mlp.up_proj.kernel[...]  # stacked: [layers, embed, mlp]
+  assert up.sharding.spec == P(None, "tensor", "fsdp"), up.sharding
