@@ -29,6 +29,6 @@ def test_reduced_ablations_write_a_table_and_a_chart(tmp_path, builtin_dir):
   rows = json.load(open(os.path.join(out, "ablations.json")))
   assert len(rows) == 8 and all(len(seeds) == 1 and seeds[0]["n"] == 2 for seeds in rows.values())
   assert os.path.getsize(os.path.join(out, "ablations.png")) > 1000
-  all_rewards = [json.loads(line) for line in open(os.path.join(out, "seed0", "_grpo__all_rewards", "grpo",
+  all_rewards = [json.loads(line) for line in open(os.path.join(out, "seed0", "grpo__all_rewards", "grpo",
                                                                 "metrics.jsonl"))]
   assert "reward_locatability" in all_rewards[-1]
