@@ -34,6 +34,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.stages = ("grpo",)
   c.eval_before = False
   c.runtime.mesh.update(data=1, fsdp=-1)  # FSDP over all devices
+  # Rollouts sample from a bfloat16 copy split over heads / MLP / vocabulary on 4 chips (rows over the rest), so
+  # the decode loop gathers no weight: `python -m geojax.plan` compiles it (BENCHMARKS.md: TPU plan)
+  c.rollout.layout = "decode"
+  c.rollout.mesh.update(data=-1, fsdp=1, tensor=4)
 
   c.model.preset = "qwen2.5-vl-7b"
   c.model.hf_path = ""              # REQUIRED: local Qwen2.5-VL-7B-Instruct directory

@@ -59,6 +59,8 @@ _SCHEMA: dict[str, Any] = {
         "tokenizer": ("tiny", "tiny | qwen2 | a local HF directory; empty: the tokenizer in model.hf_path"),
         "dtype": ("float32", "compute dtype: float32 | bfloat16 | float16"),
         "param_dtype": ("float32", "dtype the parameters and optimizer state are kept in"),
+        "attention": ("auto", "attention backend: auto (splash on TPU, cudnn on GPU, else blockwise) | blockwise "
+                      "(online softmax in XLA, memory linear in length) | xla (dense scores) | cudnn | splash"),
         "tiny": {
             "version": ("qwen2_5_vl", "architecture of preset tiny: qwen2_5_vl | qwen2_vl"),
             "hidden_size": (128, "text hidden size of preset tiny"),
@@ -235,16 +237,21 @@ def format_config(config: ml_collections.ConfigDict) -> str:
 # ---- validate ---------------------------------------------------------------------------------------------------
 
 
-def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_weights: bool = True) -> None:
+def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_weights: bool = True,
+             platform: str | None = None) -> None:
   """Rejects a bad config before any work with a ConfigError naming the key. Every entry point runs it.
 
   reads_data: whether the entry point reads the dataset (train, eval; not export), so that data.dir must exist.
   needs_weights: whether it loads the model's weights (all but geojax.plan, which compiles with shapes only).
+  platform: where the programs run, "cpu" | "gpu" | "tpu", to check model.attention against (geojax.plan: its
+    target's). None: `experiment.build_model` checks it on the mesh's devices; asking JAX for this host's platform
+    here would start its backend before `jax.distributed.initialize`, which multi-process runs must call first.
   """
   from geojax.data.chat import ANSWER_FORMATS, PROMPTS, THINK_SOURCES
   from geojax.experiment import DTYPES
   from geojax.geo import REWARDS
   from geojax.learners import LEARNERS, LOCATABILITY  # locatability: scored by grpo.reward_model, not geo.REWARDS
+  from geojax.models.attention import BACKENDS, check_backend
   from geojax.models.presets import PRESETS
   from geojax.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, MIS_LEVELS, MULTI_REWARD_KINDS,
                          POLICY_LOSSES, RENAMED_AGGREGATIONS)
@@ -273,6 +280,12 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
   check_choice(c, "model.preset", ["tiny", *PRESETS])
   check_choice(c, "model.dtype", list(DTYPES))
   check_choice(c, "model.param_dtype", list(DTYPES))
+  check_choice(c, "model.attention", list(BACKENDS))
+  if platform is not None:
+    try:
+      check_backend(m.attention, platform)
+    except ValueError as e:
+      raise ConfigError(f"config key {e}") from None
   if m.preset != "tiny" and not m.hf_path and needs_weights:
     raise ConfigError(f"config key 'model.hf_path' is empty: preset {m.preset!r} needs pretrained weights "
                       "(a local Hugging Face directory)")

@@ -19,6 +19,7 @@ from geojax import runtime
 from geojax.data.batching import ExampleTransform
 from geojax.data.tokenizer import load_tokenizer
 from geojax.models import QwenVL, load_hf, param_shardings
+from geojax.models.attention import check_backend, device_platform
 from geojax.models.presets import PRESETS, tiny_config
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -80,9 +81,13 @@ def build_model(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bo
   """
   mc = config.model
   dtype, param_dtype = DTYPES[mc.dtype], DTYPES[mc.param_dtype]
+  try:  # here, not in validate: the runtime (jax.distributed) is up
+    check_backend(mc.attention, device_platform(mesh.devices.flat[0] if mesh is not None else jax.devices()[0]))
+  except ValueError as e:
+    raise gconfig.ConfigError(f"config key {e}") from None
   if mc.hf_path and not abstract:
-    return load_hf(mc.hf_path, dtype=dtype, mesh=mesh, param_dtype=param_dtype)
-  arch = arch or architecture(config, tokenizer)
+    return load_hf(mc.hf_path, dtype=dtype, mesh=mesh, param_dtype=param_dtype, attention=mc.attention)
+  arch = (arch or architecture(config, tokenizer)).replace(attention=mc.attention)
   make = lambda: QwenVL(arch, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(config.seed))
   model = nnx.eval_shape(make) if abstract else make()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -22,7 +22,8 @@ they are harmless here.
 Per chip, a program needs its arguments, outputs (less those aliased to donated arguments), temporaries and code
 (XLA's memory_analysis), plus what stays resident between programs but is not its argument: the reference
 parameters during the GRPO update and generation, the policy's train state during the reference pass, the
-optimizer state during generation. `total` is that sum, and the plan fits when every program's total is below
+optimizer state during generation (and the training parameters, when it samples from their decode-layout copy).
+`total` is that sum, and the plan fits when every program's total is below
 the chip's HBM. FLOPs and bytes are XLA's cost analysis of the compiled per-chip program, which counts a loop body
 once (the decode loop, micro-batch and chunk scans), so the roofline time is a lower bound for looped programs.
 The last line printed is one JSON object with the figures (for scripts and CI).
@@ -296,7 +297,7 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
                                                     prompt_len=prompt_len)
         out.append(Program("reference", lowered, per_chip_bytes(state), time.time() - t0))
       if "generate" in rl:
-        out.append(_generate_program(model, state["params"], config, tokenizer, batch, mesh, ref_bytes + opt_bytes))
+        out.append(_generate_program(model, state["params"], config, tokenizer, batch, target, ref_bytes + opt_bytes))
       learner.close()
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   grid = grid_tuple(example_batch(config, tokenizer, "rl", 1, photo)["image_grid_thw"])[0]
@@ -305,28 +306,19 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
   return out, info
 
 
-def _generate_program(model, params, config, tokenizer, batch: dict, mesh, resident: int) -> Program:
-  """The rollout sampler of `geojax.learners.grpo.policy_sampler` lowered on abstract parameters and prompts (the
-  Plan its call would build; prompts are host arrays, so replicated)."""
-  from geojax.models import grid_tuple
-  from geojax.sampling.logits import candidate_count
-  from geojax.sampling.loop import Plan
-  from geojax.sampling.sampler import NOISE_AHEAD_MAX, Sampler, _sample_jit
-  gc = config.grpo
-  sampler = Sampler(model, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, top_k=gc.top_k or None,
-                    top_p=gc.top_p, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-                    num_samples=gc.group_size)
-  rows = gc.batch_size * gc.group_size
-  width = candidate_count(model.config.text.vocab_size, sampler.settings)
-  noise_ahead = not sampler.settings.greedy and gc.max_new_tokens * rows * width <= NOISE_AHEAD_MAX
-  plan = Plan(gc.max_new_tokens, sampler.settings, sampler.eos_ids, sampler.pad_id, sampler.num_samples, sampler.tile,
-              grid_tuple(batch["image_grid_thw"]), noise_ahead, None)
-  host = [replicated(mesh, np.shape(batch[k]), np.asarray(batch[k]).dtype)
-          for k in ("input_ids", "attention_mask", "position_ids", "pixel_values")]
-  key = jax.eval_shape(lambda: jax.random.key(0))
+def _generate_program(model, params, config, tokenizer, batch: dict, target: Target, resident: int) -> Program:
+  """The rollout sampler of `geojax.learners.grpo.policy_sampler` (in config.rollout's layout) lowered on abstract
+  parameters and the example prompts: its first decode phase, the longest."""
+  from geojax.learners.grpo import rollout_layout, rollout_sampler
+  layout = rollout_layout(config, model, target.devices)
+  sampler = rollout_sampler(model if layout is None else layout.model, config.grpo, tokenizer)
+  if layout is not None:  # the training parameters stay while their decoding copy samples
+    resident += per_chip_bytes(params)
   t0 = time.time()
-  lowered = _sample_jit.lower(sampler.graph, params, sampler.rest, *host, replicated(mesh, key.shape, key.dtype), None,
-                              plan=plan)
+  rng = jax.eval_shape(lambda: jax.random.key(0))  # abstract: no device, so no mesh of its own
+  lowered = sampler.lower(params if layout is None else layout.abstract(), batch["input_ids"],
+                          batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"],
+                          position_ids=batch["position_ids"], rng=rng)
   return Program("generate", lowered, resident, time.time() - t0)
 
 
@@ -450,7 +442,7 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   logging.set_verbosity(logging.WARNING)
   config = f.config
-  validate(config, reads_data=False, needs_weights=False)
+  validate(config, reads_data=False, needs_weights=False, platform=f.platform)
   if f.platform == "cpu":
     target = cpu_target(f.devices, f.hbm_gib)
   elif not f.topology:

@@ -68,6 +68,18 @@ def test_plan_cpu_devices(capsys):
   assert "| sft_step" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("layout", ["train", "decode"])
+def test_plan_cpu_generate(layout):
+  """The rollout sampler's program in either rollout layout; in the decode layout (tensor-parallel over 4 of the 8
+  devices) each chip holds a quarter of the decoding weights, so less than in the replicated training layout."""
+  config = _config([f"rollout.layout={layout}", "rollout.mesh.tensor=4"])
+  summary = plan_lib.plan(config, plan_lib.cpu_target(8), ["generate"])
+  r = summary["programs"]["generate"]
+  assert r["per_chip_gib"] > 0 and r["compile_s"] > 0 and summary["fits"]
+  if layout == "decode":
+    assert r["collectives"]["all-reduce"] > 0  # tensor parallel: partial sums of the row-split matmuls
+
+
 def test_collective_counts():
   hlo = """
   %all-gather-start.1 = (f32[4], f32[16]) all-gather-start(f32[4] %p), replica_groups={{0,1,2,3}}

@@ -86,9 +86,7 @@ def policy_sampler(model, gc: ml_collections.ConfigDict, tokenizer, layout: Roll
                    mesh=None) -> Callable:
   """(params, batch, rng) -> GenerateResult: config.grpo's sampling settings on the policy's graph, or with a
   `layout`, on the policy cast and resharded for decoding (once per rollout), the results put back on `mesh`."""
-  sampler = Sampler(model if layout is None else layout.model, max_new_tokens=gc.max_new_tokens,
-                    temperature=gc.temperature, top_k=gc.top_k or None, top_p=gc.top_p, eos_token_id=tokenizer.eos_id,
-                    pad_token_id=tokenizer.pad_id, num_samples=gc.group_size)
+  sampler = rollout_sampler(model if layout is None else layout.model, gc, tokenizer)
 
   def sample(params, batch, rng):
     out = sampler(params if layout is None else layout(params), batch["input_ids"], batch["attention_mask"],
@@ -100,13 +98,21 @@ def policy_sampler(model, gc: ml_collections.ConfigDict, tokenizer, layout: Roll
   return sample
 
 
-def rollout_layout(config: ml_collections.ConfigDict, model) -> RolloutLayout | None:
-  """config.rollout's decode layout for `model` (None when rollout.layout is train)."""
+def rollout_sampler(model, gc: ml_collections.ConfigDict, tokenizer) -> Sampler:
+  """A Sampler with config.grpo's sampling settings (`gc`) on `model`'s graph."""
+  return Sampler(model, max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, top_k=gc.top_k or None,
+                 top_p=gc.top_p, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
+                 num_samples=gc.group_size)
+
+
+def rollout_layout(config: ml_collections.ConfigDict, model, devices=None) -> RolloutLayout | None:
+  """config.rollout's decode layout for `model` over `devices` (default all; None when rollout.layout is
+  train)."""
   from geojax.experiment import DTYPES
   if config.rollout.layout != "decode":
     return None
   try:
-    mesh = runtime.make_mesh(dict(config.rollout.mesh))
+    mesh = runtime.make_mesh(dict(config.rollout.mesh), devices)
   except ValueError as e:
     raise ConfigError(f"config key 'rollout.mesh' is {dict(config.rollout.mesh)}: {e}") from e
   return RolloutLayout(model, mesh, DTYPES[config.model.dtype])

@@ -13,6 +13,7 @@ from typing import Any
 
 VERSIONS = ("qwen2_vl", "qwen2_5_vl")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_BACKENDS = ("auto", "xla", "blockwise", "cudnn", "splash")  # geojax.models.attention.BACKENDS
 
 # Every config field that transformers' Qwen2-VL / Qwen2.5-VL modeling code reads (text and vision), and what
 # from_hf does with it. Fields it does not read (dtype, initializer_range, use_cache, ...) change nothing computed.
@@ -101,6 +102,8 @@ class QwenVLConfig:
   vision_end_token_id: int = 151653
   # "none" | "full" | "dots" | "dots_no_batch": jax.checkpoint policy around each decoder / vision block.
   remat_policy: str = "none"
+  # "auto" | "xla" | "blockwise" | "cudnn" | "splash": the attention backend (geojax.models.attention).
+  attention: str = "auto"
   # Logical-axis rules ((logical, mesh axes or None), ...); None means sharding.DEFAULT_RULES.
   sharding_rules: tuple[tuple[str, Any], ...] | None = None
 
@@ -109,6 +112,8 @@ class QwenVLConfig:
       raise ValueError(f"version must be one of {VERSIONS}, got {self.version!r}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+    if self.attention not in ATTENTION_BACKENDS:
+      raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
     if sum(self.text.mrope_section) * 2 != self.text.head_dim:
       raise ValueError(f"mrope_section {self.text.mrope_section} must sum to head_dim/2 = {self.text.head_dim // 2}")
 

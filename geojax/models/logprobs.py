@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from geojax.models.sharding import shard
+
 
 def chunked_logprobs(hidden: jax.Array, output: jax.Array, targets: jax.Array, *, chunk_size: int = 256,
                      temperature: float = 1.0, compute_dtype=None, checkpoint: bool = True) -> jax.Array:
@@ -29,11 +31,15 @@ def chunked_logprobs(hidden: jax.Array, output: jax.Array, targets: jax.Array, *
   compute_dtype = compute_dtype or hidden.dtype
   h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(batch, n_chunks, chunk, dim).swapaxes(0, 1)
   t = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad))).reshape(batch, n_chunks, chunk).swapaxes(0, 1)
+  # Rows stay split over the batch axes in every chunk, forward and backward (the constraint binds the cotangent
+  # too); otherwise the partitioner may gather [B, chunk, V] float32 logits whole. The head is cast once, so the
+  # weight gathered into the loop is the compute-dtype one.
+  h, t = shard(h, (None, "batch", "length", "act_embed")), shard(t, (None, "batch", "length"))
+  output = output.astype(compute_dtype)
 
   def one(w, h_chunk, t_chunk):
-    logits = jnp.einsum("bcd,dv->bcv", h_chunk.astype(compute_dtype), w.astype(compute_dtype),
-                        preferred_element_type=jnp.float32)
-    logits = logits / temperature
+    logits = jnp.einsum("bcd,dv->bcv", h_chunk.astype(compute_dtype), w, preferred_element_type=jnp.float32)
+    logits = shard(logits, ("batch", "length", "act_vocab")) / temperature
     picked = jnp.take_along_axis(logits, t_chunk[..., None], axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 

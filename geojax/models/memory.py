@@ -1,27 +1,33 @@
 """Per-chip memory of GRPO training of a QwenVL model, estimated from shapes in a second (no compiler), printed by
 `python -m geojax.models.memory` for the Geo-R and GLOBE recipes. `python -m geojax.plan` gives the compiled figure
 (the TPU compiler's own per-chip memory of the real programs); this estimate is for what-ifs (remat policies, batch
-sizes). Against the compiled GRPO update (BENCHMARKS.md, "TPU plan"; 7B width, 1 layer and 1 vision block): Geo-R
-on 32 chips +8%, GLOBE on 16 chips +48% (an upper bound there).
+sizes). Against the compiled 7B programs (BENCHMARKS.md, "TPU plan"; remat "full", splash attention): Geo-R's
+GRPO update on 32 v5e chips 10.98 vs 9.18 GiB (+20%) and its decode-layout rollout 9.06 vs 11.47 (-21%), GLOBE's
+update on 16 v5p chips 15.54 vs 19.20 (-19%).
 
 What the code keeps, per chip (the assumptions this estimate makes):
 - Parameters, gradients and AdamW m, v in model.param_dtype (float32 in every recipe), FSDP-sharded over the chips
   (with grad_accum > 1 a micro-batch's gradients are added into the accumulator as they are made: one tree).
 - The reference policy of the KL term: a float32 copy of the starting parameters (`ReferencePolicy`), sharded alike.
-- FSDP gathers a weight whole before its matmul: the LM head (float32, vocab x hidden: 2 GiB for 7B) and one
-  layer's weights are whole on every chip at once.
+- FSDP gathers a weight whole before its matmul, cast to the compute dtype first (the LM head is cast once before
+  the log-prob chunk loop): the LM head (bfloat16, vocab x hidden: 1 GiB for 7B) and one layer's weights are
+  whole on every chip at once.
 - GRPO's training pass runs each prompt and its photo once and its G completions after it
   (`QwenVL.prefix_hidden_states`); batch rows are split over the chips only where their count divides (fewer
   prompts than chips: every chip holds all of them), the photos' patch rows likewise (so the vision tower's queries
-  are split even where the prompts are not). Activations are bfloat16 (model.dtype); attention scores
-  and their softmax float32 (`layers.masked_attention`), the probabilities cast back to bfloat16.
+  are split even where the prompts are not). Activations are bfloat16 (model.dtype). Attention
+  (`geojax.models.attention`): the memory-efficient backends (splash, cudnn, blockwise; the default on every
+  platform) hold one block of 512 keys' float32 scores per query at a time and keep only the log-sum-exp for the
+  backward; `attention="xla"` holds the whole float32 score matrix and its softmax.
 - Per layer kept for the backward (Korthikanti et al. 2022, 34*s*b*d for the layer's tensors, plus the scores:
   4 + 4 + 2 bytes per score here, where the paper's 16-bit scores take 5): remat "none" keeps all of it, "dots"
   the matmul outputs and the float32 scores, "dots_no_batch" the matmul outputs, "full" (the presets' default) only
   the layer input, plus one layer's whole working set while it is differentiated.
 - The LM head runs on the completion positions in chunks of `chunk` positions, float32 logits (x3: logits, softmax,
   cotangent).
-- Rollouts: the KV cache of the B*G rows (prompt + new tokens, bfloat16), and the prefill of one layer.
+- Rollouts: the KV cache of the B*G rows (prompt + new tokens, bfloat16), and the prefill of one layer. In the
+  decode layout (`decode_tensor` > 0, rollout.layout=decode) a bfloat16 copy of the weights split over
+  `decode_tensor` chips instead of the gathered float32 weights, and the rows split over the other chips.
 The peak is the larger of the update and the rollout; both hold the parameters, the optimizer state and the
 reference.
 """
@@ -74,15 +80,19 @@ class MemoryPlan:
     return max(self.update, self.rollout)
 
 
+SCORE_BLOCK = 512  # keys per block of the memory-efficient attention backends (attention.BLOCK_K)
+
+
 def _layer_bytes(s: int, b: float, d: int, heads: int, keys: int, kv_dim: int, inter: int, policy: str,
-                 act: int = 2) -> float:
-  """Bytes one transformer layer over b rows of s queries attending to `keys` keys keeps for its backward."""
-  scores = b * heads * s * keys
+                 act: int = 2, dense: bool = False) -> float:
+  """Bytes one transformer layer over b rows of s queries attending to `keys` keys keeps for its backward
+  (dense: whole float32 score matrices, else one block of them and a float32 log-sum-exp per query)."""
+  scores = b * heads * s * (keys if dense else min(keys, SCORE_BLOCK))
   if policy == "none":
     return 17 * act * s * b * d + 10 * scores  # float32 scores and softmax, bfloat16 probabilities
   dots = act * b * s * (d + 2 * kv_dim + d + d + 2 * inter + d)  # q, k, v, attn out, o, gate, up, down
   if policy == "dots":
-    return dots + 4 * scores
+    return dots + 4 * (scores if dense else b * heads * s)
   if policy == "dots_no_batch":
     return dots
   return act * s * b * d  # "full": the layer input only
@@ -102,9 +112,12 @@ def _layer_params(config: QwenVLConfig) -> int:
 def memory_plan(config: QwenVLConfig, *, chips: int = 32, prompts: int = 16, group: int = 4, prompt_len: int = 512,
                 new_tokens: int = 256, patches: int = 1600, grad_accum: int = 1, chunk: int = 256,
                 remat_policy: str | None = None, n_params: int | None = None, param_bytes: int = 4,
-                act_bytes: int = 2) -> MemoryPlan:
+                act_bytes: int = 2, attention: str = "auto", decode_tensor: int = 0) -> MemoryPlan:
   """GiB per chip of one GRPO step (`prompts` prompts x `group` completions of `new_tokens` tokens, prompts of
-  `prompt_len` tokens with one photo of `patches` patches) on `chips` chips; defaults: configs/geo_r.py on 32."""
+  `prompt_len` tokens with one photo of `patches` patches) on `chips` chips; defaults: configs/geo_r.py on 32.
+  attention: model.attention ("xla": dense scores). decode_tensor: rollout.mesh.tensor under rollout.layout=decode
+  (0: the rollout samples from the training parameters)."""
+  dense = attention == "xla"
   policy = remat_policy or config.remat_policy
   n = n_params if n_params is not None else count_params(config)
   t, v = config.text, config.vision
@@ -115,28 +128,31 @@ def memory_plan(config: QwenVLConfig, *, chips: int = 32, prompts: int = 16, gro
   P, N, D = prompt_len, new_tokens, t.hidden_size
 
   def text_layer(p):
-    return (_layer_bytes(P, pc, D, t.num_heads, P, kv_dim, t.intermediate_size, p, act_bytes)
-            + _layer_bytes(N, rc, D, t.num_heads, P + N, kv_dim, t.intermediate_size, p, act_bytes))
+    return (_layer_bytes(P, pc, D, t.num_heads, P, kv_dim, t.intermediate_size, p, act_bytes, dense)
+            + _layer_bytes(N, rc, D, t.num_heads, P + N, kv_dim, t.intermediate_size, p, act_bytes, dense))
 
   vr = _per_chip(micro * patches, chips)  # patch rows per chip: pixel_values are split by rows where they divide
 
   def vision_layer(p):  # a full-attention block (the window blocks attend to less): vr queries over an image's keys
-    return _layer_bytes(vr, 1, v.hidden_size, v.num_heads, patches, v.hidden_size, v.intermediate_size, p, act_bytes)
+    return _layer_bytes(vr, 1, v.hidden_size, v.num_heads, patches, v.hidden_size, v.intermediate_size, p, act_bytes,
+                        dense)
 
   saved = t.num_layers * text_layer(policy) + v.depth * vision_layer(policy)
   working = max(text_layer("none"), vision_layer("none"))
   logits = 3 * 4 * rc * min(chunk, N) * t.vocab_size
-  rows = _per_chip(prompts * group, chips)
+  rows = _per_chip(prompts * group, chips // decode_tensor if decode_tensor else chips)
   kv = rows * (P + N) * t.num_layers * 2 * kv_dim * act_bytes
   vr_all = _per_chip(prompts * patches, chips)
   prefill = max(_layer_bytes(P, _per_chip(prompts, chips), D, t.num_heads, P, kv_dim, t.intermediate_size, "none",
                              act_bytes),
                 _layer_bytes(vr_all, 1, v.hidden_size, v.num_heads, patches, v.hidden_size, v.intermediate_size,
-                             "none", act_bytes)) / 2  # forward only: about half the layer's tensors
-  gathered = param_bytes * (t.vocab_size * D + _layer_params(config))
+                             "none", act_bytes, dense)) / 2  # forward only: about half the layer's tensors
+  gathered = act_bytes * (t.vocab_size * D + _layer_params(config))
+  # the decode layout's bfloat16 copy (split over decode_tensor chips) replaces the gathered float32 weights
+  decoding = act_bytes * n / decode_tensor - gathered if decode_tensor else 0.0
   return MemoryPlan(params=shard / GIB, grads=shard / GIB, optimizer=2 * shard / GIB,
                     reference=shard / GIB, gathered=gathered / GIB, activations=(saved + working + logits) / GIB,
-                    kv_cache=(kv + prefill) / GIB)
+                    kv_cache=(kv + prefill + decoding) / GIB)
 
 
 def recipe_shapes(config) -> dict:
@@ -145,8 +161,9 @@ def recipe_shapes(config) -> dict:
   g, d = config.grpo, config.data
   buckets = [tuple(b) for b in d.get("grid_buckets", ())]
   patches = max(h * w for h, w in buckets) if buckets else d.max_pixels // (14 * 14)
+  decode_tensor = int(config.rollout.mesh.tensor) if config.rollout.layout == "decode" else 0
   return dict(prompts=g.batch_size, group=g.group_size, prompt_len=d.max_prompt_len, new_tokens=g.max_new_tokens,
-              patches=patches, grad_accum=g.grad_accum)
+              patches=patches, grad_accum=g.grad_accum, attention=config.model.attention, decode_tensor=decode_tensor)
 
 
 def table(config: QwenVLConfig, **kwargs) -> str:
@@ -154,7 +171,7 @@ def table(config: QwenVLConfig, **kwargs) -> str:
   policies = ("none", "dots", "dots_no_batch", "full")
   plans = {p: memory_plan(config, remat_policy=p, n_params=n, **kwargs) for p in policies}
   rows = [("params f32", "params"), ("grads f32", "grads"), ("AdamW m, v f32", "optimizer"),
-          ("reference f32", "reference"), ("gathered weights f32", "gathered"), ("activations", "activations"),
+          ("reference f32", "reference"), ("gathered weights", "gathered"), ("activations", "activations"),
           ("update", "update"), ("rollout KV cache + prefill", "kv_cache"), ("rollout", "rollout"),
           ("peak", "total")]
   lines = ["| GiB per chip | " + " | ".join(policies) + " |", "|---" * (len(policies) + 1) + "|"]

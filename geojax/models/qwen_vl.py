@@ -47,6 +47,7 @@ import numpy as np
 from flax import nnx
 
 from geojax.data.mrope import rope_index
+from geojax.models.attention import Mask
 from geojax.models.config import QwenVLConfig
 from geojax.models.sharding import rules_context, shard
 from geojax.models.text import CACHE_AXES, K_AXES, V_AXES, TextDecoder, stacked
@@ -60,7 +61,8 @@ def _is_concrete(x) -> bool:
 class QwenVL(nnx.Module):
   def __init__(self, config: QwenVLConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.config, self.dtype = config, dtype
-    kw = dict(remat_policy=config.remat_policy, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(remat_policy=config.remat_policy, attention=config.attention, dtype=dtype, param_dtype=param_dtype,
+              rngs=rngs)
     self.visual = VisionTower(config.vision, config.version, **kw)
     self.language_model = TextDecoder(config.text, **kw)
 
@@ -170,9 +172,8 @@ class QwenVL(nnx.Module):
     index = cache["index"]
     steps = x.shape[1]
     valid = jax.lax.dynamic_update_slice(cache["valid"], new_valid.astype(bool), (0, index))
-    slots = jnp.arange(valid.shape[1])
-    causal = slots[None, :] <= (index + jnp.arange(steps))[:, None]  # [S, T]
-    mask = causal[None] & valid[:, None, :]
+    # new token s sits at slot index + s
+    mask = Mask.from_valid(new_valid, valid, causal=True, offset=index, backend=self.config.attention)
     with rules_context(self.config.sharding_rules):
       hidden, ks, vs = self.language_model.cached(x, positions, mask, cache["k"], cache["v"], index)
     cache = dict(cache, k=ks, v=vs, valid=valid, index=index + steps)

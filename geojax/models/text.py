@@ -17,9 +17,9 @@ import numpy as np
 from flax import nnx
 
 from geojax.models import scan
+from geojax.models.attention import Mask, attention
 from geojax.models.config import TextConfig
-from geojax.models.layers import (Dense, Embed, RMSNorm, apply_rotary, inverse_frequencies, masked_attention,
-                                  one_query_attention)
+from geojax.models.layers import Dense, Embed, RMSNorm, apply_rotary, inverse_frequencies, one_query_attention
 from geojax.models.scan import REMAT  # noqa: F401  (the remat policies by name; re-exported)
 from geojax.models.sharding import shard
 
@@ -62,9 +62,9 @@ class Attention(nnx.Module):
     self.v_proj = Dense((d,), (kv, hd), ("embed", "kv_heads", "head_dim"), bias=True, **kw)
     self.o_proj = Dense((h, hd), (d,), ("heads", "head_dim", "embed"), bias=False, **kw)
 
-  def __call__(self, x, cos, sin, mask, cache_kv=None, cache_index=None):
-    """x [B, L, D]; mask [B, L, Lk]. Without a cache Lk = L. With cache_kv = (k, v) [B, T, KV, hd], the new
-    keys are written at cache_index and attention runs over the whole cache (Lk = T)."""
+  def __call__(self, x, cos, sin, mask: Mask, cache_kv=None, cache_index=None):
+    """x [B, L, D]; mask: which of the Lk keys each query sees. Without a cache Lk = L. With cache_kv = (k, v)
+    [B, T, KV, hd], the new keys are written at cache_index and attention runs over the whole cache (Lk = T)."""
     q = apply_rotary(self.q_proj(x), cos, sin)
     k = apply_rotary(self.k_proj(x), cos, sin)
     v = self.v_proj(x)
@@ -73,7 +73,7 @@ class Attention(nnx.Module):
       k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
       v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
       k, v = shard(k, CACHE_AXES), shard(v, CACHE_AXES)
-    out = masked_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+    out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
     return self.o_proj(out), (k, v)
 
   def decode(self, x, cos, sin, k_cache, v_cache, valid, index, layer):
@@ -151,8 +151,9 @@ def _write_slots(caches, layer_cache, layer, start, count: int, axis: int, axes)
 class TextDecoder(nnx.Module):
   """Embedding, decoder layers (one `scan.stack`), final norm and LM head (or the tied embedding)."""
 
-  def __init__(self, cfg: TextConfig, *, remat_policy: str = "none", dtype, param_dtype, rngs: nnx.Rngs):
-    self.cfg, self.dtype, self.remat_policy = cfg, dtype, remat_policy
+  def __init__(self, cfg: TextConfig, *, remat_policy: str = "none", attention: str = "auto", dtype, param_dtype,
+               rngs: nnx.Rngs):
+    self.cfg, self.dtype, self.remat_policy, self.attention = cfg, dtype, remat_policy, attention
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, **kw)
     self.layers = scan.stack([DecoderLayer(cfg, rngs=rngs, **kw) for _ in range(cfg.num_layers)])
@@ -162,9 +163,7 @@ class TextDecoder(nnx.Module):
 
   def __call__(self, x: jax.Array, positions: jax.Array, key_valid: jax.Array) -> jax.Array:
     """Final normed hidden states [B, L, D] for embeddings x [B, L, D], positions [3, B, L], key_valid [B, L]."""
-    length = x.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    mask = causal[None] & key_valid[:, None, :].astype(bool)
+    mask = Mask.from_valid(key_valid, causal=True, backend=self.attention)
     cos, sin = mrope_cos_sin(positions, self.cfg)
 
     def body(layer, x, _):
@@ -177,12 +176,12 @@ class TextDecoder(nnx.Module):
     """Final normed hidden states of prefixes xp [B, P, D] and of their continuations xn [B*group, N, D] (each
     prefix continued by `group` consecutive rows), as if each row of xn ran after its prefix in one sequence; the
     prefix runs once, not `group` times. pos_* [3, rows, len] and valid_* [rows, len] as in __call__."""
-    n_prefix, length = xp.shape[1], xn.shape[1]
-    mask_p = jnp.tril(jnp.ones((n_prefix, n_prefix), bool))[None] & valid_p[:, None, :].astype(bool)
+    n_prefix = xp.shape[1]
+    mask_p = Mask.from_valid(valid_p, causal=True, backend=self.attention)
     prefix_valid = jnp.repeat(valid_p.astype(bool), group, axis=0) if group > 1 else valid_p.astype(bool)
-    causal = jnp.tril(jnp.ones((length, length), bool))[None] & valid_n[:, None, :].astype(bool)
-    mask_n = jnp.concatenate([jnp.broadcast_to(prefix_valid[:, None, :], (xn.shape[0], length, n_prefix)), causal],
-                             axis=2)
+    # each continuation token sees its prefix and the continuation up to itself: causal, offset by the prefix
+    mask_n = Mask.from_valid(valid_n, jnp.concatenate([prefix_valid, valid_n.astype(bool)], axis=1), causal=True,
+                             offset=n_prefix, backend=self.attention)
     cos_p, sin_p = mrope_cos_sin(pos_p, self.cfg)
     cos_n, sin_n = mrope_cos_sin(pos_n, self.cfg)
 
@@ -193,9 +192,10 @@ class TextDecoder(nnx.Module):
     (xp, xn), _ = scan.scan(self.layers, body, carry, remat_policy=self.remat_policy)
     return self.norm(xp), self.norm(xn)
 
-  def cached(self, x, positions, mask, cache_k, cache_v, cache_index):
+  def cached(self, x, positions, mask: Mask, cache_k, cache_v, cache_index):
     """One pass over new tokens x [B, S, D] that reads and writes the KV caches (stacked over layers,
-    [num_layers, B, T, KV, hd]); returns (hidden, cache_k, cache_v)."""
+    [num_layers, B, T, KV, hd]); returns (hidden, cache_k, cache_v). `mask` says which cache slots each new token
+    sees."""
     cos, sin = mrope_cos_sin(positions, self.cfg)
     steps = x.shape[1]
 

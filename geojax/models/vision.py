@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geojax.models.config import VisionConfig
-from geojax.models.layers import (ACTIVATIONS, Dense, LayerNorm, RMSNorm, apply_rotary, inverse_frequencies,
-                                  masked_attention)
 from geojax.models import scan
+from geojax.models.attention import Mask, attention
+from geojax.models.config import VisionConfig
+from geojax.models.layers import ACTIVATIONS, Dense, LayerNorm, RMSNorm, apply_rotary, inverse_frequencies
 from geojax.models.sharding import shard
 
 Grid = tuple[tuple[int, int, int], ...]
@@ -123,14 +123,13 @@ class VisionAttention(nnx.Module):
     self.qkv = Dense((d,), (3, h, hd), ("vision_embed", None, "vision_heads", "head_dim"), bias=True, **kw)
     self.proj = Dense((h, hd), (d,), ("vision_heads", "head_dim", "vision_embed"), bias=True, **kw)
 
-  def __call__(self, x, cos, sin, seg: Segments):
+  def __call__(self, x, cos, sin, seg: Segments, backend: str = "auto"):
     qkv = self.qkv(x)
     q, k, v = apply_rotary(qkv[:, 0], cos, sin), apply_rotary(qkv[:, 1], cos, sin), qkv[:, 2]
-    idx, valid = jnp.asarray(seg.idx), jnp.asarray(seg.valid)
-    mask = jnp.broadcast_to(valid[:, None, :], valid.shape + valid.shape[-1:])
-    # segments (images or windows) are independent: spread them like a batch
+    idx = jnp.asarray(seg.idx)
+    # segments (images or windows) are independent: spread them like a batch, their padding as segment 0
     q, k, v = (shard(t[idx], ("batch", None, "act_heads", None)) for t in (q, k, v))
-    out = masked_attention(q, k, v, mask)  # [G, S, H, hd]
+    out = attention(q, k, v, Mask.from_valid(seg.valid, causal=False, backend=backend))  # [G, S, H, hd]
     out = out.reshape(-1, *out.shape[2:])[jnp.asarray(seg.inverse)]
     return self.proj(out)
 
@@ -166,8 +165,8 @@ class VisionBlock(nnx.Module):
     self.attn = VisionAttention(cfg, rngs=rngs, **kw)
     self.mlp = VisionMLP(cfg, version == "qwen2_5_vl", rngs=rngs, **kw)
 
-  def __call__(self, x, cos, sin, seg: Segments):
-    x = x + self.attn(self.norm1(x), cos, sin, seg)
+  def __call__(self, x, cos, sin, seg: Segments, backend: str = "auto"):
+    x = x + self.attn(self.norm1(x), cos, sin, seg, backend)
     return shard(x + self.mlp(self.norm2(x)), ("batch", "act_embed"))
 
 
@@ -192,9 +191,10 @@ class VisionTower(nnx.Module):
   block attends over whole frames or over windows (`fullatt_block_indexes`) is a per-block flag scanned with the
   parameters, and each block picks its segments with `jax.lax.cond` on it (no branch when all blocks agree)."""
 
-  def __init__(self, cfg: VisionConfig, version: str, *, remat_policy: str = "none", dtype, param_dtype,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: VisionConfig, version: str, *, remat_policy: str = "none", attention: str = "auto", dtype,
+               param_dtype, rngs: nnx.Rngs):
     self.cfg, self.version, self.remat_policy, self.dtype = cfg, version, remat_policy, dtype
+    self.attention = attention
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.patch_embed = Dense((cfg.patch_dim,), (cfg.hidden_size,), ("patch", "vision_embed"), bias=False, **kw)
     self.blocks = scan.stack([VisionBlock(cfg, version, **kw) for _ in range(cfg.depth)])
@@ -213,12 +213,13 @@ class VisionTower(nnx.Module):
       x = x.reshape(-1, merge_area, x.shape[-1])[jnp.asarray(plan.order)].reshape(x.shape)
     cos, sin = vision_cos_sin(plan.positions, self.cfg)
     full = np.asarray([plan.windows is None or i in self.cfg.fullatt_block_indexes for i in range(self.cfg.depth)])
+    backend = self.attention
 
     def body(block, x, is_full):
       if full.all() or not full.any():  # every block attends alike: no branch
-        return block(x, cos, sin, plan.full if full.all() else plan.windows), None
-      return jax.lax.cond(is_full, lambda x: block(x, cos, sin, plan.full),
-                          lambda x: block(x, cos, sin, plan.windows), x), None
+        return block(x, cos, sin, plan.full if full.all() else plan.windows, backend), None
+      return jax.lax.cond(is_full, lambda x: block(x, cos, sin, plan.full, backend),
+                          lambda x: block(x, cos, sin, plan.windows, backend), x), None
 
     x, _ = scan.scan(self.blocks, body, x, jnp.asarray(full), remat_policy=self.remat_policy)
     out = self.merger(x)

@@ -42,14 +42,16 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
   _initialized = True
 
 
-def make_mesh(axes: Mapping[str, int]) -> Mesh:
-  """A mesh over all devices of all processes; one axis size may be -1 (takes the remaining devices).
+def make_mesh(axes: Mapping[str, int], devices=None) -> Mesh:
+  """A mesh over `devices` (default: all devices of all processes); one axis size may be -1 (takes the remaining
+  devices).
 
   Axis order is the mapping's order, outermost first (put the data axis first so hosts split the batch).
   """
   names = tuple(axes)
   sizes = [int(axes[n]) for n in names]
-  n_devices = jax.device_count()
+  devices = jax.devices() if devices is None else list(devices)
+  n_devices = len(devices)
   if sizes.count(-1) > 1:
     raise ValueError(f"mesh {dict(axes)}: at most one axis may be -1")
   known = int(np.prod([s for s in sizes if s != -1])) if sizes else 1
@@ -60,7 +62,7 @@ def make_mesh(axes: Mapping[str, int]) -> Mesh:
   if int(np.prod(sizes)) != n_devices:
     raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, found {n_devices}")
   return jax.make_mesh(tuple(sizes), names, axis_types=(jax.sharding.AxisType.Auto,) * len(names),
-                       devices=jax.devices())
+                       devices=devices)
 
 
 def put_global(tree, mesh: Mesh, batch_axes: tuple[str, ...] = ("data", "fsdp")):

@@ -89,6 +89,7 @@ def test_format_config():
     ("model.hf_path=/nonexistent/dir", "model.hf_path"),
     ("model.tokenizer=", "model.tokenizer"),
     ("model.dtype=int8", "model.dtype"),
+    ("model.attention=flash", "model.attention"),
     ("runtime.distributed=maybe", "runtime.distributed"),
     ("runtime.mesh.fsdp=-1", "runtime.mesh"),
     ("checkpoint.keep=0", "checkpoint.keep"),
@@ -97,6 +98,20 @@ def test_bad_value_names_the_key(override, key, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # data.dir is relative: a checkout that built runs/builtin_data would pass its check
   with pytest.raises(gconfig.ConfigError, match=key.replace(".", r"\.")):
     validate(load("default.py", [override]))
+
+
+def test_attention_backend_is_checked_for_the_target_platform():
+  """geojax.plan compiles for a TPU topology from this CPU host: splash is the target's kernel, not this host's.
+  Without a platform, validate leaves it to build_model on the mesh's devices (it must not start JAX's backend
+  before jax.distributed.initialize)."""
+  from geojax import experiment
+  config = load("default.py", ["model.attention=splash"])
+  validate(config, needs_weights=False, platform="tpu")
+  validate(config)
+  with pytest.raises(gconfig.ConfigError, match=r"model\.attention.*runs only on tpu"):
+    validate(config, needs_weights=False, platform="cpu")
+  with pytest.raises(gconfig.ConfigError, match=r"model\.attention.*runs only on tpu"):
+    experiment.build_model(config, None, None, abstract=True)
 
 
 def test_arrayrecord_needs_an_existing_dir_unless_no_data_is_read(tmp_path):

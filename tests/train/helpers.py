@@ -40,3 +40,24 @@ def losses(workdir: str, stage: str, key: str = "loss") -> dict[int, float]:
       row = json.loads(line)
       out[row["step"]] = row.get(key)
   return out
+
+
+def assert_same_first_adam_step(state, other, *, atol: float, grad_rtol: float = 1e-5, b1: float = 0.9,
+                                eps: float = 1e-8):
+  """Two learner states after one AdamW step from the same start, e.g. with different grad_accum: the gradients
+  (Adam's first moment, g (1 - b1)) agree to float32 rounding of each tensor's largest entry, and the parameters to
+  atol wherever |g| >= 10 eps. Below that, Adam's step lr g / (|g| + eps) turns the gradients' rounding into
+  lr x rounding / eps (a GRPO entry with g = 4.0e-10 in one run and 4.7e-10 in the other moved 2.2e-7 apart at
+  lr 3.3e-5, where the entries with |g| >= 1e-7 agree to 4e-9): those entries are held to their gradients only."""
+  import jax
+  import numpy as np
+  import optax
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+  first_moment = lambda s: [x.mu for x in jax.tree.leaves(s["opt_state"], is_leaf=is_adam) if is_adam(x)]
+  grads = [[np.asarray(g) / (1 - b1) for g in jax.tree.leaves(first_moment(s))] for s in (state, other)]
+  params = [[np.asarray(p) for p in jax.tree.leaves(s["params"])] for s in (state, other)]
+  assert len(grads[0]) == len(params[0]), "one Adam first moment per parameter"
+  for g, h, p, q in zip(*grads, *params):
+    np.testing.assert_allclose(h, g, rtol=0, atol=grad_rtol * np.abs(g).max())
+    steady = np.minimum(np.abs(g), np.abs(h)) >= 10 * eps
+    np.testing.assert_allclose(q[steady], p[steady], rtol=0, atol=atol)
