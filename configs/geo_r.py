@@ -89,7 +89,7 @@ def _builtin(c: ml_collections.ConfigDict) -> None:
   """The tiny model on the built-in data: the main job's model, data and optimizer settings (every key's default),
   with Geo-R's answers, mining and rewards, and its sampling settings (G=4, temperature 0.9, top-k 50)."""
   d = base_config()
-  for section in ("runtime", "model", "data", "sft", "eval", "checkpoint"):
+  for section in ("runtime", "rollout", "model", "data", "sft", "eval", "checkpoint"):
     c[section] = d[section]
   c.workdir = "runs/geo_r_builtin"
   c.eval_before = True

@@ -94,9 +94,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def _tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The main job's runtime, model, data, SFT, evaluation and checkpoint settings (every key's default)."""
+  """The main job's runtime, rollout, model, data, SFT, evaluation and checkpoint settings (every key's default)."""
   d = base_config()
-  for section in ("runtime", "model", "data", "sft", "eval", "checkpoint"):
+  for section in ("runtime", "rollout", "model", "data", "sft", "eval", "checkpoint"):
     c[section] = d[section]
   c.eval_before = True
   return d
