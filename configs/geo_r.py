@@ -7,6 +7,12 @@ Every other key keeps its default (geojax/config_schema.py); `--print_config` li
 
   python -m geojax.train --config=configs/geo_r.py --config.model.hf_path=/models/Qwen2.5-VL-7B-Instruct \
       --config.data.dir=/data/mp16_pro_arrayrecord
+  python -m geojax.train --config=configs/geo_r.py:builtin     # the tiny model on the built-in data (README)
+
+Variant `builtin` runs the whole pipeline on this machine: the main job's tiny model and data (configs/default.py),
+Chain-of-Region SFT (whole-degree coordinates, the short prompt `geo_r_short`), hard-sample mining (the SFT model
+predicts 2,000 train tiles; those it places within 200 km are hotspots; GRPO drops every tile within 200 km of one),
+GRPO with the distance (code version) and format rewards, and the evaluation table.
 """
 import ml_collections
 
@@ -67,11 +73,31 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   for name in filter(None, variant.split(",")):  # e.g. configs/geo_r.py:3b,paper
     if name == "3b":  # the model of the released RL script
       c.model.preset = "qwen2.5-vl-3b"
+    elif name == "builtin":
+      _builtin(c)
     elif name == "paper":  # the paper's reward: distance with 750/2500 km breakpoints, times format
       c.grpo.rewards = ml_collections.ConfigDict({"geo_r_distance_paper": 1.0, "geo_r_format": 1.0})
       c.grpo.reward_params = ml_collections.ConfigDict({"geo_r_distance_paper": {"strict": False},
                                                         "geo_r_format": {"strict": False}})
       c.grpo.combine = "product"
     else:
-      raise ValueError(f"unknown variant {name!r} of configs/geo_r.py (known: 3b, paper)")
+      raise ValueError(f"unknown variant {name!r} of configs/geo_r.py (known: 3b, paper, builtin)")
   return c
+
+
+def _builtin(c: ml_collections.ConfigDict) -> None:
+  """The tiny model on the built-in data: the main job's model, data and optimizer settings (every key's default),
+  with Geo-R's answers, mining and rewards, and its sampling settings (G=4, temperature 0.9, top-k 50)."""
+  d = base_config()
+  for section in ("runtime", "rollout", "model", "data", "sft", "eval", "checkpoint"):
+    c[section] = d[section]
+  c.workdir = "runs/geo_r_builtin"
+  c.eval_before = True
+  c.data.update(prompt="geo_r_short", answer="chain", max_prompt_len=100, decimals=0)
+  c.sft.max_target_len = 48         # 99% of the chain answers fit (median 30 tokens)
+  c.mining.update(radius_km=200.0, num_examples=2000)
+  rewards, params = c.grpo.rewards, c.grpo.reward_params
+  c.grpo = d.grpo
+  c.grpo.rewards, c.grpo.reward_params = rewards, params
+  c.grpo.update(group_size=4, batch_size=16, temperature=0.9, top_k=50, max_new_tokens=48)
+  c.eval.max_new_tokens = 48

@@ -9,6 +9,19 @@ checkpoint (a VLM scored P(yes)/(P(yes)+P(no)); GLOBE did not release theirs). O
 
   python -m geojax.train --config=configs/globe.py --config.model.hf_path=/models/Qwen2.5-VL-7B-Instruct \
       --config.data.dir=/data/mp16_reason_arrayrecord
+  python -m geojax.train --config=configs/globe.py:builtin     # the tiny model on the built-in data (README)
+
+Variant `builtin` runs the whole pipeline on this machine: the main job's tiny model and data (configs/default.py),
+CoT SFT on `<think>clues</think><answer>country: X\ncity: Y</answer>` (the record's clue entities as the reasoning:
+a fifth of the tokens of its reasoning text; the short prompt `globe_short`), then GRPO with accuracy 1, visual
+clues 0.5 and format 1, then the evaluation table, names geocoded offline to coordinates for the distance columns.
+Locatability (0.5) joins when grpo.reward_model names a reward model; variant `locatability` trains one here, the
+tiny model answering yes / no on the built-in `locatable` flag, and export makes it the directory the reward reads:
+
+  python -m geojax.train --config=configs/globe.py:locatability
+  python -m geojax.export --config=configs/globe.py:locatability --checkpoint=runs/globe_locatability/sft \
+      --out=runs/globe_locatability/hf
+  python -m geojax.train --config=configs/globe.py:builtin --config.grpo.reward_model=runs/globe_locatability/hf
 """
 import ml_collections
 
@@ -68,8 +81,49 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.eval.update(batch_size=64, max_new_tokens=1024, every=500)
   c.checkpoint.update(every=200, keep=3)
 
-  if variant == "sft":  # the optional SFT stage on the reasoning texts first
-    c.stages = ("sft", "grpo")
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} of configs/globe.py (known: sft)")
+  for name in filter(None, variant.split(",")):
+    if name == "sft":  # the optional SFT stage on the reasoning texts first
+      c.stages = ("sft", "grpo")
+    elif name == "builtin":
+      _builtin(c)
+    elif name == "locatability":
+      _locatability(c)
+    else:
+      raise ValueError(f"unknown variant {name!r} of configs/globe.py (known: sft, builtin, locatability)")
   return c
+
+
+def _tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The main job's runtime, rollout, model, data, SFT, evaluation and checkpoint settings (every key's default)."""
+  d = base_config()
+  for section in ("runtime", "rollout", "model", "data", "sft", "eval", "checkpoint"):
+    c[section] = d[section]
+  c.eval_before = True
+  return d
+
+
+def _builtin(c: ml_collections.ConfigDict) -> None:
+  """The tiny model on the built-in data with GLOBE's pipeline: CoT SFT, then GRPO with GLOBE's rewards and
+  sampling settings (temperature 1.0, top-p 0.9, top-k 50, KL beta 0.001), G=8 x 8 prompts (the paper: 16)."""
+  d = _tiny(c)
+  c.workdir = "runs/globe_builtin"
+  c.stages = ("sft", "grpo")
+  c.data.update(prompt="globe_short", answer="globe", think="clues", max_prompt_len=92)
+  c.sft.max_target_len = 80         # the longest clue answer is 78 tokens (median 61)
+  rewards, params = c.grpo.rewards, c.grpo.reward_params
+  c.grpo = d.grpo
+  c.grpo.rewards, c.grpo.reward_params = rewards, params
+  c.grpo.update(temperature=1.0, top_p=0.9, top_k=50, beta=0.001, max_new_tokens=80)
+  c.eval.max_new_tokens = 80
+
+
+def _locatability(c: ml_collections.ConfigDict) -> None:
+  """A locatability reward model for GLOBE: the tiny model, SFT to answer yes / no to LocatabilityReward's
+  question on the built-in tiles (open sea: no). Export its checkpoint to get the grpo.reward_model directory."""
+  _tiny(c)
+  c.workdir = "runs/globe_locatability"
+  c.stages = ("sft",)
+  c.eval_before = False
+  c.eval.at_stage_end = False
+  c.data.update(prompt="locatability", answer="locatable", max_prompt_len=112)
+  c.sft.update(steps=200, max_target_len=4)

@@ -95,7 +95,10 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], Any]) -> None:
-  """`absl.app.run` with config errors reported as a single line instead of a traceback."""
+  """`absl.app.run` with config errors reported as a single line instead of a traceback, and XLA:CPU's numerics
+  pinned first (geojax.runtime.numerics: the same results on every processor)."""
+  from geojax.runtime.numerics import pin_cpu_numerics
+  pin_cpu_numerics()
 
   def checked_main(argv: list[str]) -> Any:
     try:

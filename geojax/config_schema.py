@@ -89,7 +89,10 @@ _SCHEMA: dict[str, Any] = {
         "sea_fraction": (0.1, "built-in data: share of open-sea tiles (not locatable)"),
         "image_size": (56, "built-in data: tile side in pixels, a multiple of 28"),
         "prompt": ("coords", "chat prompt: a geojax.data.chat.PROMPTS name"),
-        "answer": ("latlon", "answer format of SFT targets, parsed for rewards and eval: latlon | chain | globe"),
+        "answer": ("latlon", "answer format of SFT targets, parsed for rewards and eval: latlon | chain | globe "
+                   "(| locatable: yes / no, to train a locatability reward model with SFT only)"),
+        "think": ("reasoning", "globe answers' <think> text: reasoning (the record's) | clues (its clue entities, "
+                  "comma-separated: a fifth of the tokens)"),
         # the coords prompt is 88 tokens, 4 of them image tokens
         "max_prompt_len": (96, "prompt tokens with image tokens, one static length (a longer prompt is a bad record)"),
         "workers": (0, "Grain worker processes (0: in-process)"),
@@ -108,6 +111,13 @@ _SCHEMA: dict[str, Any] = {
         "grad_accum": (1, "micro-batches per step; divides sft.batch_size"),
         **_optimizer(lr=3e-3, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1),
         "max_target_len": (16, "answer tokens of an SFT target (longer answers are shortened)"),
+    },
+    "mining": {
+        "radius_km": (0.0, "Geo-R hard-sample mining before GRPO (0: off): the model's greedy predictions of train "
+                           "samples within this distance of the truth are hotspots, and GRPO trains only on samples "
+                           "farther than this from every hotspot"),
+        "num_examples": (0, "train samples predicted to find the hotspots (0: the whole split)"),
+        "random": (False, "GRPO on a random subset of the hard subset's size instead (Geo-R's control arm)"),
     },
     "grpo": {
         "steps": (100, "policy updates (one per rollout batch)"),
@@ -249,7 +259,7 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
     target's). None: `experiment.build_model` checks it on the mesh's devices; asking JAX for this host's platform
     here would start its backend before `jax.distributed.initialize`, which multi-process runs must call first.
   """
-  from geojax.data.chat import ANSWER_FORMATS, PROMPTS
+  from geojax.data.chat import ANSWER_FORMATS, PROMPTS, THINK_SOURCES
   from geojax.experiment import DTYPES
   from geojax.geo import REWARDS
   from geojax.learners import LEARNERS, LOCATABILITY  # locatability: scored by grpo.reward_model, not geo.REWARDS
@@ -327,6 +337,15 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
       raise ConfigError(f"config key 'data.grid_buckets' holds {bucket!r}; expected (h, w) pairs of positive even "
                         "patch counts")
   check_range(c, "data.decimals", 0, 8)
+  check_choice(c, "data.think", THINK_SOURCES)
+  if d.answer == "locatable" and (c.eval_before or c.eval.at_stage_end or c.eval.every or tuple(c.stages) != ("sft",)):
+    raise ConfigError("config key 'data.answer' is 'locatable': its answers are yes / no, not places, so it trains a "
+                      "reward model with SFT only; set stages=('sft',), eval_before=False, eval.at_stage_end=False, "
+                      "eval.every=0")
+  check_range(c, "mining.radius_km", 0.0)
+  check_range(c, "mining.num_examples", 0)
+  if c.mining.radius_km and "grpo" not in c.stages:
+    raise ConfigError("config key 'mining.radius_km' is set but stages has no 'grpo': mining selects GRPO's samples")
 
   for stage in STAGES:
     s = c[stage]

@@ -22,8 +22,11 @@ def decode_completions(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> li
 
 
 def evaluate(model: QwenVL, tokenizer, records, config: ml_collections.ConfigDict, out_dir: str | None = None,
-             label: str = "", num_examples: int | None = None) -> dict[str, float]:
-  """Greedy predictions on `records`; returns GeoMetrics' result (and writes files into out_dir if given)."""
+             label: str = "", num_examples: int | None = None, rows: list | None = None) -> dict[str, float]:
+  """Greedy predictions on `records`; returns GeoMetrics' result (and writes files into out_dir if given).
+
+  rows: a list that receives one dict per prediction (predictions.jsonl's lines), on every process.
+  """
   ec = config.eval
   n = num_examples if num_examples is not None else ec.num_examples
   if n and n < len(records):
@@ -34,7 +37,7 @@ def evaluate(model: QwenVL, tokenizer, records, config: ml_collections.ConfigDic
   sampler = Sampler(model, max_new_tokens=ec.max_new_tokens, temperature=0.0, eos_token_id=tokenizer.eos_id,
                     pad_token_id=tokenizer.pad_id)
   metrics = GeoMetrics()
-  rows = []
+  rows = [] if rows is None else rows
   start = time.time()
   for batch in loader:
     out = sampler(None, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"],

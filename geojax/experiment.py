@@ -154,4 +154,4 @@ def example_transform(config: ml_collections.ConfigDict, tokenizer, mode: str) -
   return ExampleTransform(tokenizer, prompt=dc.prompt, mode=mode, answer=dc.answer, min_pixels=dc.min_pixels,
                           max_pixels=dc.max_pixels, max_prompt_len=dc.max_prompt_len,
                           max_answer_len=config.sft.max_target_len, seq_buckets=(length,), decimals=dc.decimals,
-                          grid_buckets=[tuple(b) for b in dc.grid_buckets] or None)
+                          think=dc.think, grid_buckets=[tuple(b) for b in dc.grid_buckets] or None)

@@ -55,6 +55,7 @@ class ExampleTransform:
     max_prompt_len / max_answer_len: prompts longer are bad records; answers longer are shortened.
     grid_buckets: optional list of (grid_h, grid_w) images are resized to (nearest aspect ratio).
     seq_buckets: sequence lengths batches are padded to (the smallest that fits); empty: multiples of 64.
+    think: what GLOBE answers hold inside <think>: the record's "reasoning" or its "clues" (see answer_text).
   """
   tokenizer: Any
   prompt: str = "geo_r"
@@ -68,6 +69,7 @@ class ExampleTransform:
   grid_buckets: Sequence[Sequence[int]] | None = None
   seq_buckets: Sequence[int] = ()
   decimals: int = 4
+  think: str = "reasoning"
   merge_size: int = 2
 
   def __post_init__(self):
@@ -84,7 +86,7 @@ class ExampleTransform:
       raise BadRecord(problem)
     target = None
     if self.mode == "sft":
-      target = answer_text(record, self.answer, self.decimals)
+      target = answer_text(record, self.answer, self.decimals, self.think)
       if not target.strip():
         raise BadRecord("empty caption")
     try:

@@ -40,7 +40,7 @@ CHAT_TEMPLATE = (
 class Prompt:
   """A task prompt: the user text shown after the image and the answer format SFT targets use."""
   user: str
-  answer: str  # "chain" | "globe" | "latlon"
+  answer: str  # "chain" | "globe" | "latlon" | "locatable"
   system: str = DEFAULT_SYSTEM
 
 
@@ -55,13 +55,26 @@ GLOBE_USER = (
     "roads) inside <think></think>, then give the location inside <answer></answer> as\n"
     "country: <country>\ncity: <city>")
 COORDS_USER = "Where was this photo taken? Answer with its coordinates as (latitude, longitude)."
+# Short forms of the two recipes' prompts for the tiny model of the `:builtin` recipes: the same answer format in
+# a third of the tokens (the tiny tokenizer spends ~3 characters a token, and SFT pays for every prompt token).
+GEO_R_SHORT_USER = ("Where was this photo taken? Answer as Country: ... / State: ... / City: ... / "
+                    "Coordinates: (lat, lon)")
+GLOBE_SHORT_USER = "Where was this photo taken? Clues in <think></think>, then <answer>country: X\ncity: Y</answer>"
+# GLOBE's locatability reward model is asked this (geojax.learners.LocatabilityReward) and answers yes or no.
+LOCATABILITY_USER = ("Is the location of this image identifiable from its visual content (landmarks, signs, "
+                     "landscape)? Answer yes or no.")
 
 PROMPTS: dict[str, Prompt] = {
     "geo_r": Prompt(GEO_R_USER, "chain"),
     "globe": Prompt(GLOBE_USER, "globe"),
     "coords": Prompt(COORDS_USER, "latlon"),
+    "geo_r_short": Prompt(GEO_R_SHORT_USER, "chain"),
+    "globe_short": Prompt(GLOBE_SHORT_USER, "globe"),
+    "locatability": Prompt(LOCATABILITY_USER, "locatable"),
 }
-ANSWER_FORMATS = ("chain", "globe", "latlon")
+# locatable: "yes" / "no" from the record's `locatable` flag, the SFT target of a locatability reward model
+ANSWER_FORMATS = ("chain", "globe", "latlon", "locatable")
+THINK_SOURCES = ("reasoning", "clues")
 
 
 def get_prompt(name: str) -> Prompt:
@@ -74,26 +87,43 @@ def format_latlon(lat: float, lon: float, decimals: int = 4) -> str:
   return f"({lat:.{decimals}f}, {lon:.{decimals}f})"
 
 
-def answer_text(record: Mapping[str, Any], fmt: str, decimals: int = 4) -> str:
+def answer_text(record: Mapping[str, Any], fmt: str, decimals: int = 4, think: str = "reasoning") -> str:
   """The target answer of an example record in one of ANSWER_FORMATS.
 
-  chain: the record's Chain-of-Region `label` (built from its coordinates when absent).
-  globe: `<think>{reasoning}</think><answer>country: X\\ncity: Y</answer>`.
+  chain: the record's Chain-of-Region `label` (built from its coordinates when absent), its coordinates written
+    with `decimals` digits.
+  globe: `<think>{reasoning}</think><answer>country: X\\ncity: Y</answer>`; think="clues": the record's clue
+    entities, comma-separated, inside <think> instead of its reasoning text.
   latlon: `(lat, lon)` with `decimals` digits.
+  locatable: "yes" or "no", the record's `locatable` flag.
   """
   if fmt == "chain":
     label = record.get("label") or ""
-    if label:
-      return label
-    from geojax.geo import chain_of_region  # the geocoder loads lazily; most records carry their label
-    return chain_of_region(float(record["lat"]), float(record["lon"]))
+    if not label:
+      from geojax.geo import chain_of_region  # the geocoder loads lazily; most records carry their label
+      label = chain_of_region(float(record["lat"]), float(record["lon"]))
+    return _with_coordinates(label, format_latlon(float(record["lat"]), float(record["lon"]), decimals))
   if fmt == "globe":
-    reasoning = (record.get("reasoning") or "").strip()
-    return (f"<think>{reasoning}</think><answer>country: {record.get('country', '')}\n"
+    if think not in THINK_SOURCES:
+      raise ValueError(f"unknown think source {think!r}; known: {THINK_SOURCES}")
+    text = ", ".join(record.get("clues") or []) if think == "clues" else (record.get("reasoning") or "").strip()
+    return (f"<think>{text}</think><answer>country: {record.get('country', '')}\n"
             f"city: {record.get('city', '')}</answer>")
   if fmt == "latlon":
     return format_latlon(float(record["lat"]), float(record["lon"]), decimals)
+  if fmt == "locatable":
+    return "yes" if record.get("locatable", True) else "no"
   raise ValueError(f"unknown answer format {fmt!r}; known: {ANSWER_FORMATS}")
+
+
+def _with_coordinates(label: str, pair: str) -> str:
+  """A Chain-of-Region label with its last coordinate pair replaced by `pair` (appended when it has none)."""
+  from geojax.geo.chain import PAIR_RE
+  matches = list(PAIR_RE.finditer(label))
+  if not matches:
+    return f"{label} / Coordinates: {pair}"
+  last = matches[-1]
+  return label[:last.start()] + pair + label[last.end():]
 
 
 def image_token_count(grid_thw, merge_size: int = 2) -> int:

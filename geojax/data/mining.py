@@ -124,3 +124,28 @@ def _pairs_within(points: np.ndarray, hot: np.ndarray, starts: np.ndarray, count
 def drop_near_hotspots(lat, lon, hot_lat, hot_lon, radius_km: float = 200.0) -> np.ndarray:
   """Keep mask (bool [N]) of the Geo-R hard subset: True for samples farther than radius_km from every hotspot."""
   return ~near_hotspots(lat, lon, hot_lat, hot_lon, radius_km)
+
+
+def hotspots(rows, radius_km: float) -> tuple[np.ndarray, np.ndarray]:
+  """(lat, lon) of the true locations of the predictions within `radius_km` of them: Geo-R's hotspots.
+
+  rows: prediction dicts with "true_lat", "true_lon" and "distance_km" (None when the answer was unreadable), as
+  geojax.evaluation writes them.
+  """
+  hot = [(r["true_lat"], r["true_lon"]) for r in rows
+         if r.get("distance_km") is not None and r["distance_km"] <= radius_km]
+  lat, lon = (np.asarray(v, np.float64) for v in (zip(*hot) if hot else ((), ())))
+  return lat, lon
+
+
+class Subset:
+  """The records of `source` at `indices`, in that order (a random-access source like the one it views)."""
+
+  def __init__(self, source, indices):
+    self._source, self.indices = source, [int(i) for i in indices]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self._source[self.indices[index]]

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from geojax.data.chat import LOCATABILITY_USER
 from geojax.geo import GeoTargets, score
 
 LOCATABILITY = "locatability"
@@ -53,8 +54,7 @@ class LocatabilityReward:
   """GLOBE's locatability reward: weight x P(yes) / (P(yes) + P(no)) of a VLM asked whether the image is
   locatable, the same for a prompt's G completions."""
 
-  QUESTION = ("Is the location of this image identifiable from its visual content (landmarks, signs, "
-              "landscape)? Answer yes or no.")
+  QUESTION = LOCATABILITY_USER  # the prompt `locatability` a reward model is trained on (configs/globe.py)
 
   def __init__(self, path: str, weight: float, dtype=jnp.float32, mesh=None):
     from geojax.data.tokenizer import load_tokenizer

@@ -94,7 +94,8 @@ def test_format_config():
     ("runtime.mesh.fsdp=-1", "runtime.mesh"),
     ("checkpoint.keep=0", "checkpoint.keep"),
 ])
-def test_bad_value_names_the_key(override, key):
+def test_bad_value_names_the_key(override, key, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # data.dir is relative: a checkout that built runs/builtin_data would pass its check
   with pytest.raises(gconfig.ConfigError, match=key.replace(".", r"\.")):
     validate(load("default.py", [override]))
 

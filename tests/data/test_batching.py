@@ -4,7 +4,7 @@ import pytest
 
 from geojax.data import concat_examples, take_examples
 from geojax.data.batching import BadRecord, ExampleTransform, bucket_length, collate
-from geojax.data.chat import PROMPTS, encode_chat
+from geojax.data.chat import PROMPTS, answer_text, encode_chat
 from geojax.data.image import preprocess_image
 from geojax.data.mrope import rope_index
 from geojax.data.tokenizer import load_tokenizer
@@ -33,12 +33,15 @@ def test_sft_batch(tok):
   pixels, _ = preprocess_image(records[1]["image"], 56 * 56, 112 * 112)
   np.testing.assert_array_equal(batch["pixel_values"][32:64], pixels)
   for i, r in enumerate(records):
-    full = encode_chat(tok, None, PROMPTS["geo_r"].user, 8, r["label"])[:-1]  # without the final "\n"
+    # the chain answer is the record's label with its coordinates written to t.decimals digits
+    target = answer_text(r, "chain", t.decimals)
+    assert target != r["label"] and target.startswith(r["label"].split(" / Coordinates")[0])
+    full = encode_chat(tok, None, PROMPTS["geo_r"].user, 8, target)[:-1]  # without the final "\n"
     n = len(full)
     np.testing.assert_array_equal(batch["input_ids"][i, :n], full)  # right-padded
     assert (batch["input_ids"][i, n:] == tok.pad_id).all() and batch["attention_mask"][i].sum() == n
     answer = batch["input_ids"][i][batch["loss_mask"][i] == 1]
-    assert tok.decode(answer) == r["label"] + "<|im_end|>"
+    assert tok.decode(answer) == target + "<|im_end|>"
   assert batch["loss_mask"][3].sum() == 0  # filler row contributes nothing
   positions, deltas = rope_index(batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"],
                                  spatial_merge_size=2, image_token_id=tok.image_pad_id)

@@ -68,6 +68,26 @@ def test_answer_formats():
                      "Coordinates: (-33.868800, 151.209300)"}
   assert answer_text(record, "latlon") == "(-33.8688, 151.2093)"
   assert answer_text(record, "globe") == "<think>Opera house.</think><answer>country: Australia\ncity: Sydney</answer>"
-  assert answer_text(record, "chain") == record["label"]
+  assert answer_text(record, "chain", decimals=6) == record["label"]
+  # the coordinates follow data.decimals (the main job's whole degrees); the names stay the label's
+  assert answer_text(record, "chain", decimals=0) == ("Country: Australia / State: New South Wales / City: Sydney / "
+                                                      "Coordinates: (-34, 151)")
+  assert answer_text(dict(record, label="Country: Australia"), "chain", 1) == \
+      "Country: Australia / Coordinates: (-33.9, 151.2)"
+  clues = dict(record, clues=["harbour", "opera house"])
+  assert answer_text(clues, "globe", think="clues") == \
+      "<think>harbour, opera house</think><answer>country: Australia\ncity: Sydney</answer>"
+  assert answer_text(dict(record, locatable=True), "locatable") == "yes"
+  assert answer_text(dict(record, locatable=False), "locatable") == "no"
   with pytest.raises(ValueError):
     answer_text(record, "nope")
+  with pytest.raises(ValueError):
+    answer_text(record, "globe", think="nope")
+
+
+def test_short_prompts_keep_their_recipes_answer_formats():
+  from geojax.data.chat import PROMPTS
+  from geojax.learners import LocatabilityReward
+  assert PROMPTS["geo_r_short"].answer == PROMPTS["geo_r"].answer == "chain"
+  assert PROMPTS["globe_short"].answer == PROMPTS["globe"].answer == "globe"
+  assert PROMPTS["locatability"].user == LocatabilityReward.QUESTION  # the reward model is asked what it learnt

@@ -45,3 +45,16 @@ def test_edge_cases():
   # Exactly on a hotspot, and just inside / outside the radius along a meridian (1 deg = 111.19 km).
   keep = drop_near_hotspots([0.0, 1.79, 1.81], [0.0, 0.0, 0.0], [0.0], [0.0], 200.0)
   np.testing.assert_array_equal(keep, [False, False, True])
+
+
+def test_hotspots_are_the_true_locations_of_predictions_within_the_radius():
+  from geojax.data.mining import Subset, hotspots
+  rows = [{"true_lat": 1.0, "true_lon": 2.0, "distance_km": 150.0}, {"true_lat": 3.0, "true_lon": 4.0,
+          "distance_km": 250.0}, {"true_lat": 5.0, "true_lon": 6.0, "distance_km": None},  # unreadable answer
+          {"true_lat": 7.0, "true_lon": 8.0, "distance_km": 200.0}]
+  lat, lon = hotspots(rows, 200.0)
+  np.testing.assert_array_equal(lat, [1.0, 7.0])
+  np.testing.assert_array_equal(lon, [2.0, 8.0])
+  assert hotspots(rows[1:3], 200.0)[0].shape == (0,)
+  view = Subset(["a", "b", "c", "d"], [3, 1])
+  assert len(view) == 2 and [view[0], view[1]] == ["d", "b"]

@@ -8,6 +8,9 @@ from geojax import config as gconfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
+# A command line's environment as a user has it: one CPU device (the suite forces 8 for its sharding tests) and no
+# XLA_FLAGS of ours, so the entry point pins XLA:CPU's numerics itself (geojax.runtime.numerics).
+USER_ENV = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
 
 
 def tiny_overrides(workdir: str, data_dir: str, **extra) -> list[str]:
