@@ -27,7 +27,7 @@ What the code keeps, per chip (the assumptions this estimate makes):
   cotangent).
 - Rollouts: the KV cache of the B*G rows (prompt + new tokens, bfloat16), and the prefill of one layer. In the
   decode layout (`decode_tensor` > 0, rollout.layout=decode) a bfloat16 copy of the weights split over
-  `decode_tensor` chips instead of the gathered float32 weights, and the rows split over the other chips.
+  `decode_tensor` chips instead of the gathered weights, and the rows split over the other chips.
 The peak is the larger of the update and the rollout; both hold the parameters, the optimizer state and the
 reference.
 Under LoRA (`lora_rank`): gradients, AdamW moments and the reference are the adapters' (float32; the reference is
@@ -65,6 +65,7 @@ class MemoryPlan:
   gathered: float     # weights FSDP gathers whole (the LM head and one layer)
   activations: float  # the update's, under the remat policy
   kv_cache: float     # the rollout's KV cache and prefill
+  decode_copy: float = 0.0  # the decode layout's bfloat16 weights, sampled from instead of the gathered ones
 
   @property
   def resident(self) -> float:
@@ -76,7 +77,7 @@ class MemoryPlan:
 
   @property
   def rollout(self) -> float:
-    return self.resident + self.gathered + self.kv_cache
+    return self.resident + (self.decode_copy or self.gathered) + self.kv_cache
 
   @property
   def total(self) -> float:
@@ -166,8 +167,7 @@ def memory_plan(config: QwenVLConfig, *, chips: int = 32, prompts: int = 16, gro
                 _layer_bytes(vr_all, 1, v.hidden_size, v.num_heads, patches, v.hidden_size, v.intermediate_size,
                              "none", act_bytes, dense)) / 2  # forward only: about half the layer's tensors
   gathered = act_bytes * (t.vocab_size * D + _layer_params(config))
-  # the decode layout's bfloat16 copy (split over decode_tensor chips) replaces the gathered float32 weights
-  decoding = act_bytes * n / decode_tensor - gathered if decode_tensor else 0.0
+  decode_copy = act_bytes * n / decode_tensor if decode_tensor else 0.0  # split over decode_tensor chips
   if lora_rank:
     adapters, adapted = lora_counts(config, lora_rank)
     base = param_bytes * (n - adapted) + BASE_BYTES[quantize] * adapted
@@ -177,7 +177,7 @@ def memory_plan(config: QwenVLConfig, *, chips: int = 32, prompts: int = 16, gro
                       activations=(saved + working + logits) / GIB, kv_cache=(kv + prefill) / GIB)
   return MemoryPlan(params=shard / GIB, grads=shard / GIB, optimizer=2 * shard / GIB,
                     reference=shard / GIB, gathered=gathered / GIB, activations=(saved + working + logits) / GIB,
-                    kv_cache=(kv + prefill + decoding) / GIB)
+                    kv_cache=(kv + prefill) / GIB, decode_copy=decode_copy / GIB)
 
 
 def recipe_shapes(config) -> dict:
@@ -197,8 +197,8 @@ def table(config: QwenVLConfig, **kwargs) -> str:
   plans = {p: memory_plan(config, remat_policy=p, n_params=n, **kwargs) for p in policies}
   rows = [("params f32", "params"), ("grads f32", "grads"), ("AdamW m, v f32", "optimizer"),
           ("reference f32", "reference"), ("gathered weights", "gathered"), ("activations", "activations"),
-          ("update", "update"), ("rollout KV cache + prefill", "kv_cache"), ("rollout", "rollout"),
-          ("peak", "total")]
+          ("update", "update"), ("rollout KV cache + prefill", "kv_cache"), ("rollout decode copy", "decode_copy"),
+          ("rollout", "rollout"), ("peak", "total")]
   lines = ["| GiB per chip | " + " | ".join(policies) + " |", "|---" * (len(policies) + 1) + "|"]
   for label, field in rows:
     lines.append(f"| {label} | " + " | ".join(f"{getattr(plans[p], field):.2f}" for p in policies) + " |")
