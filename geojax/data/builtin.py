@@ -317,7 +317,7 @@ def build(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 4000, n_t
   image_size, sea_fraction), so changing n_train keeps it. Returns {split: [shard paths]}.
   """
   params = _params(seed, n_train, n_test, image_size, sea_fraction)
-  out_dir = Path(out_dir)
+  out_dir = Path(out_dir).resolve()  # a symlink is swapped at its target (a link itself cannot be replaced by a dir)
   manifest = _read_manifest(out_dir)
   if manifest is not None and manifest.get("params") == params:
     return {split: split_paths(out_dir, split) for split in SPLITS}
@@ -377,7 +377,7 @@ def build(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 4000, n_t
     os.replace(tmp_dir, out_dir)
   except OSError:
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    if _read_manifest(out_dir) is None:
+    if (_read_manifest(out_dir) or {}).get("params") != params:  # never hand back another parameter set's data
       raise
   return {split: split_paths(out_dir, split) for split in SPLITS}
 

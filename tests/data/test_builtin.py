@@ -56,6 +56,9 @@ def test_build_is_idempotent_and_rebuilds_on_new_params(small, tmp_path):
   builtin.build(tmp_path / "x", seed=0, n_train=10, n_test=5)
   builtin.build(tmp_path / "x", seed=0, n_train=12, n_test=5)
   assert len(builtin.load_split(tmp_path / "x", "train")) == 12
+  (tmp_path / "link").symlink_to(tmp_path / "x")  # rebuilt at the link's target, never left as it was
+  builtin.build(tmp_path / "link", seed=0, n_train=11, n_test=5)
+  assert len(builtin.load_split(tmp_path / "x", "train")) == 11 and (tmp_path / "link").is_symlink()
   (tmp_path / "foreign").mkdir()
   (tmp_path / "foreign" / "notes.txt").write_text("keep me")
   with pytest.raises(FileExistsError):
