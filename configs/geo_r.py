@@ -57,6 +57,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.grpo.batch_size = 16
   c.grpo.group_size = 4
   c.grpo.lr = 1e-6
+  c.grpo.beta = 0.04
   c.grpo.update(warmup_steps=0, b2=0.999)
   c.grpo.update(temperature=0.9, top_k=50, max_new_tokens=256)
   # The released code sums the distance reward (750/3000 km) and a format reward. Its format regex never
@@ -99,5 +100,5 @@ def _builtin(c: ml_collections.ConfigDict) -> None:
   rewards, params = c.grpo.rewards, c.grpo.reward_params
   c.grpo = d.grpo
   c.grpo.rewards, c.grpo.reward_params = rewards, params
-  c.grpo.update(group_size=4, batch_size=16, temperature=0.9, top_k=50, max_new_tokens=48)
+  c.grpo.update(steps=100, beta=0.04, group_size=4, batch_size=16, temperature=0.9, top_k=50, max_new_tokens=48)
   c.eval.max_new_tokens = 48

@@ -113,7 +113,7 @@ def _builtin(c: ml_collections.ConfigDict) -> None:
   rewards, params = c.grpo.rewards, c.grpo.reward_params
   c.grpo = d.grpo
   c.grpo.rewards, c.grpo.reward_params = rewards, params
-  c.grpo.update(temperature=1.0, top_p=0.9, top_k=50, beta=0.001, max_new_tokens=80)
+  c.grpo.update(steps=100, temperature=1.0, top_p=0.9, top_k=50, beta=0.001, max_new_tokens=80)
   c.eval.max_new_tokens = 80
 
 

@@ -40,7 +40,8 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as workdir:
     config = gconfig.load(os.path.join(ROOT, "configs", "default.py"),
                           [f"workdir={workdir}", f"data.dir={args.data_dir}", "data.n_train=512", "data.n_test=16",
-                           "log.progress=False", "log.tensorboard=False", "runtime.compilation_cache_dir="])
+                           "log.progress=False", "log.tensorboard=False", "runtime.compilation_cache_dir=",
+                           "grpo.beta=0.04"])  # the figures in BENCHMARKS.md: with the reference pass
     mesh = experiment.setup_runtime(config)
     tokenizer = experiment.load_tokenizer_for(config)
     with jax.set_mesh(mesh):
