@@ -300,9 +300,10 @@ class _RowShare:
 class Loader:
   """Iterator of batches with `get_state()` / `set_state()` for checkpoints (state is a JSON-able dict)."""
 
-  def __init__(self, batches: _BucketBatcher, num_batches_hint: int | None = None):
+  def __init__(self, batches: _BucketBatcher, num_batches_hint: int | None = None, row_shards: int = 1):
     self._batches = batches
     self.num_batches_hint = num_batches_hint
+    self.row_shards = row_shards  # processes whose batches join into one global batch (shard_by="rows"), else 1
 
   def __iter__(self) -> Iterator[dict]:
     return self
@@ -391,4 +392,4 @@ def make_loader(records_source, transform: Callable[[Any], dict], batch_size: in
   batches = _BucketBatcher(stream, batch_size, key_fn or getattr(transform, "bucket_key"), collate_fn,
                            window_batches, name)
   hint = None if num_epochs is None else -(-epoch_len * num_epochs // batch_size)
-  return Loader(batches, hint)
+  return Loader(batches, hint, shard_count if by_rows else 1)
