@@ -332,6 +332,15 @@ def _default_shard() -> tuple[int, int]:
   return jax.process_index(), jax.process_count()
 
 
+def rows_per_process(batch_size: int, enabled: bool = True) -> dict:
+  """make_loader arguments that split each global batch's rows over the JAX processes (shard_by="rows") when
+  `enabled` and they divide evenly; otherwise every process loads the whole batch (shard 0 of 1)."""
+  import jax
+  if enabled and batch_size % jax.process_count() == 0:
+    return {"shard_by": "rows"}
+  return {"shard_index": 0, "shard_count": 1}
+
+
 def make_loader(records_source, transform: Callable[[Any], dict], batch_size: int, seed: int = 0,
                 shuffle: bool = True, num_epochs: int | None = 1, worker_count: int = 0,
                 shard_index: int | None = None, shard_count: int | None = None, *,

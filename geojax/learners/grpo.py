@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from geojax import runtime
-from geojax.data.pipeline import make_loader
+from geojax.data.pipeline import make_loader, rows_per_process
 from geojax.learners.learner import Learner, host_metrics
 from geojax.data.batch import split_microbatches
 from geojax.learners.optim import accumulate_grads, apply_update
@@ -163,7 +163,7 @@ class GRPOLearner(Learner):
     whole = dynamic or bool(gc.reward_model and gc.rewards.get("locatability", 0.0))
     loader = make_loader(records, example_transform(config, tokenizer, "rl"), batch_size=gc.batch_size,
                          seed=config.seed + 1, shuffle=True, num_epochs=None, worker_count=config.data.workers,
-                         shard_by="rows", name="grpo", **({"shard_index": 0, "shard_count": 1} if whole else {}))
+                         name="grpo", **rows_per_process(gc.batch_size, not whole))
     gaz = Gazetteer.load()
     rewards = as_reward(rewards) if rewards is not None else rewards_from_config(config, mesh, gaz)
     sampler = policy_sampler(model, gc, tokenizer, rollout_layout(config, model), mesh)

@@ -8,7 +8,7 @@ import ml_collections
 
 from geojax import runtime
 from geojax.data.batch import joined_grid, put_batch
-from geojax.data.pipeline import make_loader
+from geojax.data.pipeline import make_loader, rows_per_process
 from geojax.learners.learner import Learner, host_metrics
 from geojax.learners.optim import accumulate_grads, apply_update
 from geojax.models import grid_tuple
@@ -34,7 +34,7 @@ class SFTLearner(Learner):
     sc = config.sft
     loader = make_loader(records, example_transform(config, tokenizer, "sft"), batch_size=sc.batch_size,
                          seed=config.seed, shuffle=True, num_epochs=None, worker_count=config.data.workers,
-                         shard_by="rows", name="sft")
+                         name="sft", **rows_per_process(sc.batch_size))
     return cls(config, model, mesh, loader, writer)
 
   def loss(self, params, batch: dict, grid: tuple, token_count=None, step=0):

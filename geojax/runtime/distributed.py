@@ -117,6 +117,19 @@ def gather_rows(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def gather_strings(values) -> list[str]:
+  """Every process's strings, joined in process order, on every process (UTF-8 bytes through `gather_rows`)."""
+  values = [str(v) for v in values]
+  if jax.process_count() == 1:
+    return values
+  encoded = [v.encode() for v in values]
+  width = int(gather_rows(np.array([max([len(e) for e in encoded] + [1])], np.int32)).max())
+  table = np.zeros((len(encoded), width), np.uint8)
+  for i, e in enumerate(encoded):
+    table[i, :len(e)] = np.frombuffer(e, np.uint8)
+  return [bytes(row).rstrip(b"\0").decode() for row in gather_rows(table)]
+
+
 def process_rows(n: int) -> slice:
   """This process's rows of `n` rows split evenly over the processes in process order."""
   share = n // jax.process_count()
