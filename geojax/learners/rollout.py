@@ -26,7 +26,7 @@ from geojax.models.logprobs import chunked_logprobs
 from geojax.rl import group_rows, informative_groups, select_groups
 
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "example_mask")
-HOST_KEYS = ("input_ids", "example_mask", "lat", "lon")  # gathered from every process for advantages and metrics
+HOST_KEYS = ("example_mask", "lat", "lon")  # gathered from every process for advantages and metrics
 # Dynamic sampling's extra rollouts fold the base key with this + k (step numbers stay below it), then the step.
 EXTRA_ROLLOUT_STREAM = 2 ** 31
 
