@@ -230,17 +230,20 @@ class Sampler:
                                    image_token_id=self.config.image_token_id)
     position_ids = np.asarray(position_ids).astype(np.int32)
 
-    rows = input_ids.shape[0] * self.num_samples
-    width = candidate_count(self.config.text.vocab_size, self.settings)
-    noise_ahead = not self.settings.greedy and self.max_new_tokens * rows * width <= NOISE_AHEAD_MAX
     row_images = (self._row_images(input_ids, grid) if self.tile == "prompt" and pixel_values is not None
                   else None)
+    return self._planned(params, grid, row_images, (input_ids, attention_mask, position_ids, pixel_values, rng))
+
+  def _planned(self, params, grid, row_images, inputs) -> tuple:
+    """(params, decode head, plan, inputs): `_prepare`'s result for checked inputs."""
+    rows = inputs[0].shape[0] * self.num_samples
+    width = candidate_count(self.config.text.vocab_size, self.settings)
+    noise_ahead = not self.settings.greedy and self.max_new_tokens * rows * width <= NOISE_AHEAD_MAX
     plan = Plan(self.max_new_tokens, self.settings, self.eos_ids, self.pad_id, self.num_samples, self.tile,
-                None if pixel_values is None else grid, noise_ahead, row_images, compact=self.phases and rows > 1,
+                None if inputs[3] is None else grid, noise_ahead, row_images, compact=self.phases and rows > 1,
                 layer_list=self._layer_list)
     params = self.params if params is None else params
-    return (params, self._decode_head(_embedding(params, self.rest)), plan,
-            (input_ids, attention_mask, position_ids, pixel_values, rng))
+    return params, self._decode_head(_embedding(params, self.rest)), plan, inputs
 
   def _prepare_global(self, params, input_ids, attention_mask, pixel_values, image_grid_thw, position_ids, rng):
     """`_prepare` for prompts already placed as global arrays whose rows no process holds whole (each process
@@ -251,15 +254,7 @@ class Sampler:
     if self.tile == "prompt" and pixel_values is not None:
       raise ValueError("tile='prompt' reads the prompts on the host; prompts split over processes need 'cache'")
     grid = None if image_grid_thw is None else grid_tuple(image_grid_thw)
-    rows = input_ids.shape[0] * self.num_samples
-    width = candidate_count(self.config.text.vocab_size, self.settings)
-    noise_ahead = not self.settings.greedy and self.max_new_tokens * rows * width <= NOISE_AHEAD_MAX
-    plan = Plan(self.max_new_tokens, self.settings, self.eos_ids, self.pad_id, self.num_samples, self.tile,
-                None if pixel_values is None else grid, noise_ahead, None, compact=self.phases and rows > 1,
-                layer_list=self._layer_list)
-    params = self.params if params is None else params
-    return (params, self._decode_head(_embedding(params, self.rest)), plan,
-            (input_ids, attention_mask, position_ids, pixel_values, rng))
+    return self._planned(params, grid, None, (input_ids, attention_mask, position_ids, pixel_values, rng))
 
   def _buckets(self, prompt_len: int) -> tuple[int, ...]:
     steps = self.max_new_tokens
