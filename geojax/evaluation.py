@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -10,10 +11,13 @@ import ml_collections
 import numpy as np
 
 from geojax import experiment, runtime
-from geojax.data.pipeline import make_loader
+from geojax.data.batch import joined_grid, put_batch
+from geojax.data.pipeline import make_loader, rows_per_process
 from geojax.geo import Gazetteer, GeoMetrics, format_table, haversine_km_np, level_matches, parse_answers
 from geojax.models import QwenVL
 from geojax.sampling import Sampler
+
+PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values")
 
 
 def decode_completions(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
@@ -26,13 +30,17 @@ def evaluate(model: QwenVL, tokenizer, records, config: ml_collections.ConfigDic
   """Greedy predictions on `records`; returns GeoMetrics' result (and writes files into out_dir if given).
 
   rows: a list that receives one dict per prediction (predictions.jsonl's lines), on every process.
+  Each process loads and decodes only its rows of every batch (when they divide); the completions are decoded
+  and scored whole on every process.
   """
   ec = config.eval
   n = num_examples if num_examples is not None else ec.num_examples
   if n and n < len(records):
     records = _Head(records, n)
+  mesh = _mesh(model)
   loader = make_loader(records, experiment.example_transform(config, tokenizer, "rl"), batch_size=ec.batch_size,
-                       shuffle=False, num_epochs=1, shard_index=0, shard_count=1, name=f"eval {label}".strip())
+                       shuffle=False, num_epochs=1, name=f"eval {label}".strip(),
+                       **rows_per_process(ec.batch_size, mesh is not None))
   gaz = Gazetteer.load()
   sampler = Sampler(model, max_new_tokens=ec.max_new_tokens, temperature=0.0, eos_token_id=tokenizer.eos_id,
                     pad_token_id=tokenizer.pad_id)
@@ -40,8 +48,15 @@ def evaluate(model: QwenVL, tokenizer, records, config: ml_collections.ConfigDic
   rows = [] if rows is None else rows
   start = time.time()
   for batch in loader:
-    out = sampler(None, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"],
-                  position_ids=batch["position_ids"])
+    if loader.row_shards > 1:  # this process's rows: the prompts placed from every process's, the truth gathered
+      prompt = put_batch(batch, mesh, PROMPT_KEYS, shards=loader.row_shards)
+      out = sampler(None, prompt["input_ids"], prompt["attention_mask"], prompt["pixel_values"],
+                    joined_grid(batch, loader.row_shards), position_ids=prompt["position_ids"])
+      batch = {"example_mask": runtime.gather_rows(batch["example_mask"]), "lat": runtime.gather_rows(batch["lat"]),
+               "lon": runtime.gather_rows(batch["lon"]), "id": np.array(runtime.gather_strings(batch["id"]))}
+    else:
+      out = sampler(None, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                    batch["image_grid_thw"], position_ids=batch["position_ids"])
     keep = np.asarray(batch["example_mask"]) > 0
     tokens, lengths = runtime.to_host(out.tokens)[keep], runtime.to_host(out.lengths)[keep]
     texts = decode_completions(tokenizer, tokens, lengths)
@@ -62,9 +77,20 @@ def evaluate(model: QwenVL, tokenizer, records, config: ml_collections.ConfigDic
                    "city": parsed.city[i], "reasoning": parsed.think[i], "completion": texts[i]})
   result = metrics.result()
   result["seconds"] = time.time() - start
+  if loader.row_shards > 1:
+    print(f"[eval {label}] process {jax.process_index()} of {jax.process_count()} decoded {loader.decoded} records",
+          file=sys.stderr, flush=True)
   if out_dir and jax.process_index() == 0:
     write_outputs(out_dir, rows, result, label or "model", plot=ec.plot)
   return result
+
+
+def _mesh(model: QwenVL):
+  """The mesh the model's parameters live on, if they span several devices."""
+  from flax import nnx
+  leaf = jax.tree.leaves(nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+  sharding = getattr(leaf.get_raw_value() if isinstance(leaf, nnx.Variable) else leaf, "sharding", None)
+  return sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1 else None
 
 
 class _Head:

@@ -102,11 +102,24 @@ def split_microbatches(batch: Mapping[str, Any], n_micro: int) -> dict:
   return {name: one(name, x) for name, x in batch.items()}
 
 
+def joined_grid(batch: Mapping[str, Any], shards: int = 1) -> np.ndarray:
+  """image_grid_thw of the batch that `shards` processes' batches like `batch` join into (one grid per batch)."""
+  grid = np.asarray(batch["image_grid_thw"])
+  return grid if shards == 1 else np.repeat(grid[:1], len(grid) * shards, axis=0)
+
+
 def put_batch(batch: Mapping[str, Any], mesh: jax.sharding.Mesh, keys: Sequence[str] | None = None,
-              batch_axes: tuple[str, ...] = ("data", "fsdp")) -> dict:
-  """Host fields (every process holding the whole batch) placed on `mesh`, sharded over examples where they
-  divide (per-patch fields by rows, which keeps each example's patches together), replicated otherwise."""
+              batch_axes: tuple[str, ...] = ("data", "fsdp"), shards: int = 1) -> dict:
+  """Host fields placed on `mesh`, sharded over examples where they divide (per-patch fields by rows, which keeps
+  each example's patches together), replicated otherwise.
+
+  shards: 1 when every process holds the whole batch; the process count when each holds its own rows of it (a
+  loader with shard_by="rows"): the global arrays are then built from each process's rows, in process order.
+  """
   from jax.sharding import NamedSharding, PartitionSpec as P
+  from geojax.runtime import from_process_rows
+  if shards not in (1, jax.process_count()):
+    raise ValueError(f"a batch split over {shards} processes, but {jax.process_count()} are running")
   axes = tuple(a for a in batch_axes if a in mesh.shape)
   size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
   spec_axes = axes if len(axes) > 1 else axes[0] if axes else None
@@ -114,8 +127,10 @@ def put_batch(batch: Mapping[str, Any], mesh: jax.sharding.Mesh, keys: Sequence[
   def one(name, x):
     x = np.asarray(x)
     axis = example_axis(name)
-    sharded = axes and x.ndim > axis and x.shape[axis] % size == 0
-    spec = P(*([None] * axis), spec_axes) if sharded else P()
-    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda index: x[index])
+    sharded = axes and x.ndim > axis and x.shape[axis] * shards % size == 0
+    sharding = NamedSharding(mesh, P(*([None] * axis), spec_axes) if sharded else P())
+    if shards > 1:
+      return from_process_rows(x, sharding, axis)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
   return {name: one(name, batch[name]) for name in (keys if keys is not None else batch)}

@@ -24,11 +24,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from geojax.data.chat import answer_text, encode_chat_parts, get_prompt, image_token_count
-from geojax.data.image import MAX_PIXELS, MIN_PIXELS, preprocess_image
+from geojax.data.image import MAX_PIXELS, MIN_PIXELS, image_size, preprocess_image, target_size
 from geojax.data.mrope import rope_index
 from geojax.data.records import record_problem
 
 MODES = ("sft", "rl")
+PATCH_SIZE = 14  # preprocess_image's (Qwen2-VL's) patch side
 
 
 class BadRecord(ValueError):
@@ -81,54 +82,102 @@ class ExampleTransform:
     self.answer = self.answer or spec.answer
 
   def __call__(self, record: Mapping[str, Any]) -> dict:
-    problem = record_problem(record, self.answer if self.mode == "sft" else None)
-    if problem:
-      raise BadRecord(problem)
-    target = None
-    if self.mode == "sft":
-      target = answer_text(record, self.answer, self.decimals, self.think)
-      if not target.strip():
-        raise BadRecord("empty caption")
+    target = self._target(record)
     try:
       pixel_values, grid = preprocess_image(record["image"], self.min_pixels, self.max_pixels,
                                             merge_size=self.merge_size, grid_buckets=self.grid_buckets)
     except Exception as e:  # PIL raises many types for truncated / corrupt files
       raise BadRecord(f"unreadable image ({type(e).__name__})") from e
+    features = self._features(record, target, grid)
+    self._check_patches(features, pixel_values)
+    features["pixel_values"] = pixel_values
+    return features
+
+  def describe(self, record: Mapping[str, Any]) -> dict:
+    """What `__call__` returns but the image patches: the grid comes from the image's header, the raw image is
+    kept under "_image" for `decode`. Cheap, so that every process can bucket a whole global batch and decode
+    only its own rows (make_loader's shard_by="rows")."""
+    target = self._target(record)
+    try:
+      height, width = target_size(*image_size(record["image"]), self.min_pixels, self.max_pixels, PATCH_SIZE,
+                                  self.merge_size, self.grid_buckets)
+      grid = np.array([1, height // PATCH_SIZE, width // PATCH_SIZE], np.int32)
+    except Exception as e:
+      raise BadRecord(f"unreadable image ({type(e).__name__})") from e
+    return dict(self._features(record, target, grid), _image=record["image"])
+
+  def decode(self, features: Mapping[str, Any]) -> dict:
+    """`describe`'s features with the image patches: equal to `__call__` of the record."""
+    image = features["_image"]
+    features = {k: v for k, v in features.items() if k != "_image"}
+    try:
+      pixel_values, grid = preprocess_image(image, self.min_pixels, self.max_pixels,
+                                            merge_size=self.merge_size, grid_buckets=self.grid_buckets)
+    except Exception as e:
+      raise BadRecord(f"unreadable image ({type(e).__name__})") from e
+    if not np.array_equal(grid, features["grid_thw"]):
+      raise BadRecord(f"image grid {grid.tolist()} differs from its header's {features['grid_thw'].tolist()}")
+    self._check_patches(features, pixel_values)
+    features["pixel_values"] = pixel_values
+    return features
+
+  def blank(self, features: Mapping[str, Any]) -> dict:
+    """`describe`'s features with zero image patches: the stand-in for a row whose image fails to decode."""
+    n_patches = int(np.prod(features["grid_thw"]))
+    return dict({k: v for k, v in features.items() if k != "_image"},
+                pixel_values=np.zeros((n_patches, 3 * 2 * PATCH_SIZE ** 2), np.float32))
+
+  def _target(self, record: Mapping[str, Any]) -> str | None:
+    """The SFT answer text (None in "rl" mode); raises BadRecord for records that cannot be used."""
+    problem = record_problem(record, self.answer if self.mode == "sft" else None)
+    if problem:
+      raise BadRecord(problem)
+    if self.mode != "sft":
+      return None
+    target = answer_text(record, self.answer, self.decimals, self.think)
+    if not target.strip():
+      raise BadRecord("empty caption")
+    return target
+
+  def _features(self, record: Mapping[str, Any], target: str | None, grid: np.ndarray) -> dict:
     n_image = image_token_count(grid, self.merge_size)
     prompt_ids, answer_ids = encode_chat_parts(self.tokenizer, self._system, self._user, n_image, target)
     if len(prompt_ids) > self.max_prompt_len:
       raise BadRecord("prompt too long")
     answer_ids = answer_ids[:self.max_answer_len]
-    prompt_ids = np.asarray(prompt_ids, np.int32)
-    # The trap of truncated prompts: placeholders must equal image features, checked per example.
-    n_pads = int(np.count_nonzero(prompt_ids == self.tokenizer.image_pad_id))
-    if n_pads * self.merge_size ** 2 != pixel_values.shape[0]:
-      raise ValueError(f"{n_pads} image tokens but {pixel_values.shape[0]} patches (grid {grid.tolist()})")
     length = len(prompt_ids) + len(answer_ids)
     return {
-        "prompt_ids": prompt_ids, "answer_ids": np.asarray(answer_ids, np.int32),
-        "pixel_values": pixel_values, "grid_thw": grid,
-        "seq_len": bucket_length(length, self.seq_buckets),
+        "prompt_ids": np.asarray(prompt_ids, np.int32), "answer_ids": np.asarray(answer_ids, np.int32),
+        "grid_thw": grid, "seq_len": bucket_length(length, self.seq_buckets),
         "id": str(record.get("id", "")), "lat": float(record["lat"]), "lon": float(record["lon"]),
         "country": str(record.get("country") or ""), "admin1": str(record.get("admin1") or ""),
         "city": str(record.get("city") or ""), "clues": list(record.get("clues") or []),
     }
+
+  def _check_patches(self, features: Mapping[str, Any], pixel_values: np.ndarray) -> None:
+    """The trap of truncated prompts: placeholders must equal image features, checked per example."""
+    n_pads = int(np.count_nonzero(features["prompt_ids"] == self.tokenizer.image_pad_id))
+    if n_pads * self.merge_size ** 2 != pixel_values.shape[0]:
+      raise ValueError(f"{n_pads} image tokens but {pixel_values.shape[0]} patches (grid "
+                       f"{features['grid_thw'].tolist()})")
 
   @staticmethod
   def bucket_key(features: Mapping[str, Any]) -> tuple:
     """Examples with equal keys can share a batch: same image grid, same padded length."""
     return (*(int(x) for x in features["grid_thw"]), int(features["seq_len"]))
 
-  def collate(self, features: Sequence[Mapping[str, Any]], batch_size: int | None = None) -> dict:
-    return collate(features, self.mode, self.tokenizer, batch_size=batch_size, merge_size=self.merge_size)
+  def collate(self, features: Sequence[Mapping[str, Any]], batch_size: int | None = None,
+              real: Sequence[bool] | None = None) -> dict:
+    return collate(features, self.mode, self.tokenizer, batch_size=batch_size, merge_size=self.merge_size, real=real)
 
 
 def collate(features: Sequence[Mapping[str, Any]], mode: str, tokenizer, batch_size: int | None = None,
-            seq_len: int | None = None, merge_size: int = 2) -> dict:
+            seq_len: int | None = None, merge_size: int = 2, real: Sequence[bool] | None = None) -> dict:
   """Pads features with one shared image grid into a batch (format in the module docstring).
 
   With `batch_size` larger than len(features), filler rows copy row 0 and get example_mask 0 (so the image
-  features stay consistent and no row is fully masked).
+  features stay consistent and no row is fully masked). With `real`, `features` are all the rows (fillers
+  included, e.g. one process's rows of a global batch) and `real` says which are real examples.
   """
   if not features:
     raise ValueError("collate needs at least one example")
@@ -140,6 +189,11 @@ def collate(features: Sequence[Mapping[str, Any]], mode: str, tokenizer, batch_s
   if n_real > batch_size:
     raise ValueError(f"{n_real} examples for a batch of {batch_size}")
   rows = list(features) + [features[0]] * (batch_size - n_real)
+  is_real = np.arange(batch_size) < n_real
+  if real is not None:
+    is_real = np.asarray(real, bool)
+    if is_real.shape != (batch_size,) or n_real != batch_size:
+      raise ValueError(f"real marks {is_real.shape} rows of a batch of {n_real} rows, padded to {batch_size}")
   lengths = [len(f["prompt_ids"]) + (len(f["answer_ids"]) if mode == "sft" else 0) for f in rows]
   seq_len = seq_len or max(max(int(f["seq_len"]) for f in rows), max(lengths))
   input_ids = np.full((batch_size, seq_len), tokenizer.pad_id, np.int32)
@@ -152,7 +206,7 @@ def collate(features: Sequence[Mapping[str, Any]], mode: str, tokenizer, batch_s
       input_ids[i, :n_prompt] = f["prompt_ids"]
       input_ids[i, n_prompt:n] = f["answer_ids"]
       attention_mask[i, :n] = 1
-      loss_mask[i, n_prompt:n] = 1.0 if i < n_real else 0.0
+      loss_mask[i, n_prompt:n] = 1.0 if is_real[i] else 0.0
     batch["loss_mask"] = loss_mask
   elif mode == "rl":
     for i, f in enumerate(rows):
@@ -170,7 +224,7 @@ def collate(features: Sequence[Mapping[str, Any]], mode: str, tokenizer, batch_s
       "position_ids": position_ids.astype(np.int32), "rope_deltas": rope_deltas.astype(np.int32),
       "pixel_values": np.concatenate([f["pixel_values"] for f in rows], axis=0),
       "image_grid_thw": grid_batch,
-      "example_mask": (np.arange(batch_size) < n_real).astype(np.float32),
+      "example_mask": is_real.astype(np.float32),
   })
   if mode == "rl":
     batch["lat"] = np.array([f["lat"] for f in rows], np.float32)

@@ -91,6 +91,32 @@ def snap_grid(grid_h: int, grid_w: int, grid_buckets) -> tuple[int, int]:
   return int(h), int(w)
 
 
+def target_size(height: int, width: int, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
+                patch_size: int = 14, merge_size: int = 2, grid_buckets=None) -> tuple[int, int]:
+  """The (height, width) `preprocess_image` resizes an image of this size to (its smart resize, or with
+  `grid_buckets` the bucket of closest aspect ratio)."""
+  rh, rw = smart_resize(height, width, patch_size * merge_size, min_pixels, max_pixels)
+  if grid_buckets:
+    gh, gw = snap_grid(rh // patch_size, rw // patch_size, grid_buckets)
+    if gh % merge_size or gw % merge_size:
+      raise ValueError(f"grid bucket {(gh, gw)} is not a multiple of merge_size {merge_size}")
+    rh, rw = gh * patch_size, gw * patch_size
+  return rh, rw
+
+
+def image_size(image) -> tuple[int, int]:
+  """(height, width) of an image (encoded bytes: read from the header, no pixels decoded), as `to_rgb` sees it."""
+  if isinstance(image, (bytes, bytearray, memoryview)):
+    with Image.open(io.BytesIO(bytes(image))) as im:
+      width, height = im.size
+    return height, width
+  if isinstance(image, np.ndarray):
+    return int(image.shape[0]), int(image.shape[1])
+  if isinstance(image, Image.Image):
+    return image.size[1], image.size[0]
+  raise TypeError(f"unsupported image type {type(image).__name__}")
+
+
 def preprocess_image(image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, patch_size: int = 14,
                      temporal_patch_size: int = 2, merge_size: int = 2, *,
                      grid_buckets=None) -> tuple[np.ndarray, np.ndarray]:
@@ -106,13 +132,7 @@ def preprocess_image(image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_
   """
   rgb = to_rgb(image)
   width, height = rgb.size
-  factor = patch_size * merge_size
-  rh, rw = smart_resize(height, width, factor, min_pixels, max_pixels)
-  if grid_buckets:
-    gh, gw = snap_grid(rh // patch_size, rw // patch_size, grid_buckets)
-    if gh % merge_size or gw % merge_size:
-      raise ValueError(f"grid bucket {(gh, gw)} is not a multiple of merge_size {merge_size}")
-    rh, rw = gh * patch_size, gw * patch_size
+  rh, rw = target_size(height, width, min_pixels, max_pixels, patch_size, merge_size, grid_buckets)
   resized = resize_packed(packed_pixels(rgb), (rw, rh))
   pixel_values = _patchify_kernel(patch_size, merge_size, temporal_patch_size)(resized, _TABLE)
   return pixel_values, np.array([1, rh // patch_size, rw // patch_size], np.int32)

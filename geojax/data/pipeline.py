@@ -9,6 +9,11 @@ Order of operations: source -> this process's shard (jax.process_index() :: jax.
 shuffle (reshuffled every epoch, by seed) -> repeat(num_epochs) -> per-example transform (in worker processes,
 if any) -> bucketing into batches (in this process) -> the trainer.
 
+With shard_by="rows" no records are sharded: every process buckets the whole stream as one process would, from
+features read without decoding pixels (`ExampleTransform.describe`: the grid comes from the image header), and
+decodes the images of its own rows of each global batch only, so that the processes' batches, joined in process
+order, are exactly the one-process batches (`jax.make_array_from_process_local_data` builds the global arrays).
+
 Worker processes return the examples in stream order, so the batches, and the saved state, are the same for
 any worker_count: a run may resume with a different one. Bucketing reads a window of `window_batches *
 batch_size` examples, groups them by (image grid, padded length) in order of first appearance and emits full
@@ -23,6 +28,7 @@ yields no usable record at all, iteration fails with an error naming the reasons
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -255,18 +261,61 @@ def _stream_position(state: Mapping[str, Any]) -> int:
                    "resume it with that version.")
 
 
+class _RowShare:
+  """The collate_fn of shard_by="rows": every process buckets the same global batches of `describe`d examples
+  (no pixels yet); this one decodes the images of its own rows only (rows index*n .. index*n+n-1 of the batch,
+  fillers included) and collates them. A row whose image fails to decode becomes a filler (zero patches,
+  example_mask 0) on every process count alike."""
+
+  def __init__(self, transform, collate_fn: Callable, index: int, count: int, threads: int, name: str):
+    self.transform, self.collate_fn, self.index, self.count, self.name = transform, collate_fn, index, count, name
+    self.threads = max(1, threads)
+    self.decoded = 0  # images this process decoded
+
+  def _decode(self, features: Mapping) -> tuple[dict, bool]:
+    try:
+      return self.transform.decode(features), True
+    except Exception as e:  # the record passed `describe`, but its pixels are corrupt
+      logging.warning("%s: record %r has an unreadable image (%s); its row is masked", self.name,
+                      features.get("id"), str(e)[:80])
+      return self.transform.blank(features), False
+
+  def __call__(self, group: Sequence[Mapping], batch_size: int) -> dict:
+    n = batch_size // self.count
+    start = self.index * n
+    rows = (list(group) + [group[0]] * (batch_size - len(group)))[start:start + n]
+    real = [start + i < len(group) for i in range(n)]
+    unique = list({id(f): f for f in rows}.values())  # fillers repeat the batch's first example: decoded once
+    if self.threads > 1 and len(unique) > 1:
+      with concurrent.futures.ThreadPoolExecutor(min(self.threads, len(unique))) as pool:
+        done = list(pool.map(self._decode, unique))
+    else:
+      done = [self._decode(f) for f in unique]
+    self.decoded += len(unique)
+    by_id = {id(f): d for f, d in zip(unique, done)}
+    return self.collate_fn([by_id[id(f)][0] for f in rows], n,
+                           real=[r and by_id[id(f)][1] for f, r in zip(rows, real)])
+
+
 class Loader:
   """Iterator of batches with `get_state()` / `set_state()` for checkpoints (state is a JSON-able dict)."""
 
-  def __init__(self, batches: _BucketBatcher, num_batches_hint: int | None = None):
+  def __init__(self, batches: _BucketBatcher, num_batches_hint: int | None = None, row_shards: int = 1):
     self._batches = batches
     self.num_batches_hint = num_batches_hint
+    self.row_shards = row_shards  # processes whose batches join into one global batch (shard_by="rows"), else 1
 
   def __iter__(self) -> Iterator[dict]:
     return self
 
   def __next__(self) -> dict:
     return next(self._batches)
+
+  @property
+  def decoded(self) -> int:
+    """Records this process has decoded (image and all) since the loader was made: with shard_by="rows" about
+    1 / process count of those read."""
+    return getattr(self._batches.collate_fn, "decoded", self._batches._good)
 
   def get_state(self) -> dict:
     return self._batches.get_state()
@@ -283,24 +332,39 @@ def _default_shard() -> tuple[int, int]:
   return jax.process_index(), jax.process_count()
 
 
+def rows_per_process(batch_size: int, enabled: bool = True) -> dict:
+  """make_loader arguments that split each global batch's rows over the JAX processes (shard_by="rows") when
+  `enabled` and they divide evenly; otherwise every process loads the whole batch (shard 0 of 1)."""
+  import jax
+  if enabled and batch_size % jax.process_count() == 0:
+    return {"shard_by": "rows"}
+  return {"shard_index": 0, "shard_count": 1}
+
+
 def make_loader(records_source, transform: Callable[[Any], dict], batch_size: int, seed: int = 0,
                 shuffle: bool = True, num_epochs: int | None = 1, worker_count: int = 0,
                 shard_index: int | None = None, shard_count: int | None = None, *,
                 key_fn: Callable[[Mapping], Any] | None = None,
                 collate_fn: Callable[[Sequence[Mapping], int], dict] | None = None,
-                window_batches: int = 8, read_threads: int = 1, prefetch: int = 2, name: str = "data") -> Loader:
+                window_batches: int = 8, read_threads: int = 1, prefetch: int = 2, name: str = "data",
+                shard_by: str = "records") -> Loader:
   """A deterministic, resumable iterator of batches over a random-access source of records.
 
   Args:
     records_source: anything with __len__ and __getitem__ returning a record dict (e.g. ArrayRecordSource,
       a list, the sources in geojax.data.sources).
     transform: record -> features; an ExampleTransform (its bucket_key / collate are used by default).
-    batch_size: examples per batch (per process).
+    batch_size: examples per batch: per process with shard_by="records", of the global batch with "rows".
     seed: shuffle seed; the same seed gives the same batches.
     shuffle: globally shuffle (differently in every epoch).
     num_epochs: passes over the data; None repeats forever.
     worker_count: Grain worker processes for decoding / preprocessing (0: in this process).
     shard_index, shard_count: this process's shard; default jax.process_index() / jax.process_count().
+    shard_by: "records": each process reads its own records (every shard_count-th) and batches them itself;
+      "rows": every process reads the same global batches as one process would, but decodes and returns only its
+      rows of each (rows shard_index * n .. of n = batch_size / shard_count): the processes' batches, joined in
+      process order, are the one-process batches. Needs a transform with `describe` / `decode` / `blank`
+      (ExampleTransform); its images are decoded in this process (`worker_count` threads).
     window_batches: bucketing window, in batches (larger: fewer filler rows, more memory).
     read_threads, prefetch: threads and buffered elements per reader.
   """
@@ -309,11 +373,16 @@ def make_loader(records_source, transform: Callable[[Any], dict], batch_size: in
     shard_index, shard_count = _default_shard()
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+  if shard_by not in ("records", "rows"):
+    raise ValueError(f"shard_by must be 'records' or 'rows', got {shard_by!r}")
+  by_rows = shard_by == "rows" and shard_count > 1
+  if by_rows and batch_size % shard_count:
+    raise ValueError(f"{name}: a global batch of {batch_size} rows does not split over {shard_count} processes")
   n_total = len(records_source)
   if n_total == 0:
     raise ValueError(f"{name}: the source is empty")
   ds = grain.MapDataset.source(_SafeSource(records_source))
-  if shard_count > 1:
+  if shard_count > 1 and not by_rows:
     ds = ds[shard_index::shard_count]
   epoch_len = len(ds)
   if epoch_len == 0:
@@ -321,12 +390,15 @@ def make_loader(records_source, transform: Callable[[Any], dict], batch_size: in
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
-  ds = ds.map_with_index(_SafeTransform(transform, epoch_len))
+  ds = ds.map_with_index(_SafeTransform(transform.describe if by_rows else transform, epoch_len))
   # Workers buffer about `prefetch` batches between them.
   worker_buffer = max(prefetch, -(-prefetch * batch_size // max(worker_count, 1)))
   stream = _ExampleStream(ds, grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch),
                           worker_count, worker_buffer)
-  batches = _BucketBatcher(stream, batch_size, key_fn or getattr(transform, "bucket_key"),
-                           collate_fn or getattr(transform, "collate"), window_batches, name)
+  collate_fn = collate_fn or getattr(transform, "collate")
+  if by_rows:
+    collate_fn = _RowShare(transform, collate_fn, shard_index, shard_count, worker_count, name)
+  batches = _BucketBatcher(stream, batch_size, key_fn or getattr(transform, "bucket_key"), collate_fn,
+                           window_batches, name)
   hint = None if num_epochs is None else -(-epoch_len * num_epochs // batch_size)
-  return Loader(batches, hint)
+  return Loader(batches, hint, shard_count if by_rows else 1)

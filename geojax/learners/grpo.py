@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from geojax import runtime
-from geojax.data.pipeline import make_loader
+from geojax.data.pipeline import make_loader, rows_per_process
 from geojax.learners.learner import Learner, host_metrics
 from geojax.data.batch import split_microbatches
 from geojax.learners.optim import accumulate_grads, apply_update
@@ -157,14 +157,18 @@ class GRPOLearner(Learner):
     from geojax.experiment import example_transform
     from geojax.geo import Gazetteer
     gc = config.grpo
+    dynamic = gc.dynamic_sampling and gc.max_rollouts > 1  # with one rollout there is nothing to choose from
+    # each process loads and scores its own prompts, unless a role needs every prompt on every process: dynamic
+    # sampling (chooses groups across the whole batch) and a reward model (runs on the batch's images)
+    whole = dynamic or bool(gc.reward_model and gc.rewards.get("locatability", 0.0))
     loader = make_loader(records, example_transform(config, tokenizer, "rl"), batch_size=gc.batch_size,
                          seed=config.seed + 1, shuffle=True, num_epochs=None, worker_count=config.data.workers,
-                         shard_index=0, shard_count=1, name="grpo")
+                         name="grpo", **rows_per_process(gc.batch_size, not whole))
     gaz = Gazetteer.load()
     rewards = as_reward(rewards) if rewards is not None else rewards_from_config(config, mesh, gaz)
     sampler = policy_sampler(model, gc, tokenizer, rollout_layout(config, model), mesh)
     source = RolloutSource(loader, sampler, rewards, tokenizer, gc.group_size, jax.random.key(config.seed), mesh)
-    if gc.dynamic_sampling and gc.max_rollouts > 1:  # with one rollout there is nothing to choose from
+    if dynamic:
       source = DynamicSampling(source, gc.batch_size, gc.max_rollouts)
     return cls(config, model, mesh, source, writer=writer, gaz=gaz, **roles)
 

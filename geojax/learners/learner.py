@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Callable
 
@@ -112,8 +113,16 @@ class Learner:
           self.writer.write(self.step, result, prefix=f"eval_{self.name}/")
     finally:
       bar.close()
+      self.log_decoded()
       self.close()
     return self.model()
+
+  def log_decoded(self) -> None:
+    """Each process's count of the records its loader decoded (with per-process rows, its share only)."""
+    decoded = getattr(self.loader, "decoded", None)
+    if decoded is not None:
+      print(f"[{self.name}] process {jax.process_index()} of {jax.process_count()} decoded {decoded} records "
+            f"({getattr(self.loader, 'row_shards', 1)} row shards)", file=sys.stderr, flush=True)
 
   def log(self, metrics: dict, start_time: float, start_step: int) -> None:
     step = self.step

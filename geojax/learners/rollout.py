@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from geojax import runtime
-from geojax.data.batch import (batch_shape, concat_examples, put_batch, repeat_examples, split_microbatches,
-                               take_examples)
+from geojax.data.batch import (batch_shape, concat_examples, joined_grid, put_batch, repeat_examples,
+                               split_microbatches, take_examples)
 from geojax.data.mrope import next_positions
 from geojax.evaluation import decode_completions
 from geojax.models import grid_tuple
@@ -26,6 +26,7 @@ from geojax.models.logprobs import chunked_logprobs
 from geojax.rl import group_rows, informative_groups, select_groups
 
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "example_mask")
+HOST_KEYS = ("example_mask", "lat", "lon")  # gathered from every process for advantages and metrics
 # Dynamic sampling's extra rollouts fold the base key with this + k (step numbers stay below it), then the step.
 EXTRA_ROLLOUT_STREAM = 2 ** 31
 
@@ -55,14 +56,15 @@ class Sampled:
   lengths: jax.Array     # [B*G]
   logprobs: jax.Array | None = None  # [B*G, N] the sampler's log-probs of the tokens (None: it gave none)
   scored: Rollout | None = None  # filled by sources that score before choosing (dynamic sampling)
+  shards: int = 1  # processes whose `batch`es join into the prompts (each holds its own rows), else 1
 
   def shape(self, group: int) -> tuple[tuple, int]:
     """(image grids of the B*G rows, prompt length): the static arguments of the jitted passes."""
-    return rollout_shape(self.batch, group)
+    return rollout_shape(self.batch, group, self.shards)
 
 
-def rollout_shape(batch: dict, group: int) -> tuple[tuple, int]:
-  grid = grid_tuple(batch["image_grid_thw"])
+def rollout_shape(batch: dict, group: int, shards: int = 1) -> tuple[tuple, int]:
+  grid = grid_tuple(joined_grid(batch, shards))
   return tuple(g for g in grid for _ in range(group)), int(np.shape(batch["input_ids"])[1])
 
 
@@ -79,9 +81,12 @@ class RolloutSource:
     self.group, self.key, self.mesh = group, key, mesh
 
   def draw(self, params, batch: dict, key: jax.Array) -> Sampled:
-    out = self.sampler(params, batch, key)
-    return Sampled(batch, put_batch(batch, self.mesh, PROMPT_KEYS), out.tokens, out.lengths,
-                   getattr(out, "logprobs", None))
+    shards = getattr(self.loader, "row_shards", 1)
+    prompt = put_batch(batch, self.mesh, PROMPT_KEYS, shards=shards)
+    # rows split over processes: the sampler takes the global prompts (their grid for the joined batch)
+    out = self.sampler(params, batch if shards == 1 else dict(prompt, image_grid_thw=joined_grid(batch, shards)),
+                       key)
+    return Sampled(batch, prompt, out.tokens, out.lengths, getattr(out, "logprobs", None), shards=shards)
 
   def sample(self, params, step: int) -> Sampled:
     return self.draw(params, next(self.loader), jax.random.fold_in(self.key, step))
@@ -91,9 +96,17 @@ class RolloutSource:
       return sampled.scored
     tokens, lengths = runtime.to_host(sampled.tokens), runtime.to_host(sampled.lengths)
     texts = decode_completions(self.tokenizer, tokens, lengths)
-    rewards, per_reward = self.rewards(texts, sampled.batch, self.group)
     logprobs = None if sampled.logprobs is None else runtime.to_host(sampled.logprobs)
-    return Rollout(sampled.batch, tokens, lengths, texts, np.asarray(rewards, np.float32), per_reward, logprobs)
+    if sampled.shards == 1:
+      rewards, per_reward = self.rewards(texts, sampled.batch, self.group)
+      return Rollout(sampled.batch, tokens, lengths, texts, np.asarray(rewards, np.float32), per_reward, logprobs)
+    # each process scores the completions of its own prompts, then the rewards are gathered
+    rewards, per_reward = self.rewards(texts[runtime.process_rows(len(texts))], sampled.batch, self.group)
+    rewards = runtime.gather_rows(np.asarray(rewards, np.float32))
+    per_reward = {k: runtime.gather_rows(np.asarray(v)) for k, v in per_reward.items()}
+    batch = {k: runtime.gather_rows(sampled.batch[k]) for k in HOST_KEYS}  # what advantages and metrics read
+    batch["image_grid_thw"] = joined_grid(sampled.batch, sampled.shards)
+    return Rollout(batch, tokens, lengths, texts, rewards, per_reward, logprobs)
 
   def info(self) -> dict[str, float]:
     return {}

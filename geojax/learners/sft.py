@@ -7,8 +7,8 @@ import jax
 import ml_collections
 
 from geojax import runtime
-from geojax.data.batch import put_batch
-from geojax.data.pipeline import make_loader
+from geojax.data.batch import joined_grid, put_batch
+from geojax.data.pipeline import make_loader, rows_per_process
 from geojax.learners.learner import Learner, host_metrics
 from geojax.learners.optim import accumulate_grads, apply_update
 from geojax.models import grid_tuple
@@ -19,7 +19,8 @@ SFT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "loss
 
 
 class SFTLearner(Learner):
-  """SFT of `model` on the batches of `loader` (collated in "sft" mode: prompt + answer, loss_mask on the answer)."""
+  """SFT of `model` on the batches of `loader` (collated in "sft" mode: prompt + answer, loss_mask on the answer).
+  Each process loads and decodes only its rows of every global batch (shard_by="rows")."""
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh, loader,
                writer: runtime.MetricWriter | None = None):
@@ -33,7 +34,7 @@ class SFTLearner(Learner):
     sc = config.sft
     loader = make_loader(records, example_transform(config, tokenizer, "sft"), batch_size=sc.batch_size,
                          seed=config.seed, shuffle=True, num_epochs=None, worker_count=config.data.workers,
-                         shard_index=0, shard_count=1, name="sft")
+                         name="sft", **rows_per_process(sc.batch_size))
     return cls(config, model, mesh, loader, writer)
 
   def loss(self, params, batch: dict, grid: tuple, token_count=None, step=0):
@@ -53,7 +54,7 @@ class SFTLearner(Learner):
     return apply_update(self.tx, state, grads, loss, metrics)
 
   def train_step(self) -> dict[str, float]:
-    batch = next(self.loader)
-    self.state, metrics = self.update(self.state, put_batch(batch, self.mesh, SFT_KEYS),
-                                       grid_tuple(batch["image_grid_thw"]))
+    batch, shards = next(self.loader), getattr(self.loader, "row_shards", 1)
+    self.state, metrics = self.update(self.state, put_batch(batch, self.mesh, SFT_KEYS, shards=shards),
+                                       grid_tuple(joined_grid(batch, shards)))
     return host_metrics(metrics)

@@ -3,9 +3,10 @@
 Nothing here knows about models or rewards; `geojax.train`, `geojax.eval` and `geojax.export` compose these.
 """
 from geojax.runtime.checkpoint import Checkpointer
-from geojax.runtime.distributed import initialize, make_mesh, place, put_global, to_host
+from geojax.runtime.distributed import (from_process_rows, gather_rows, gather_strings, initialize, make_mesh, place,
+                                        process_rows, put_global, to_host)
 from geojax.runtime.guard import NonFiniteError, check_finite
 from geojax.runtime.metrics import MetricWriter, progress
 
-__all__ = ["Checkpointer", "MetricWriter", "NonFiniteError", "check_finite", "initialize", "make_mesh",
-           "place", "progress", "put_global", "to_host"]
+__all__ = ["Checkpointer", "MetricWriter", "NonFiniteError", "check_finite", "from_process_rows", "gather_rows",
+           "gather_strings", "initialize", "make_mesh", "place", "process_rows", "progress", "put_global", "to_host"]

@@ -91,6 +91,51 @@ def place(tree, shardings):
   return jax.tree.map(one, tree, shardings)
 
 
+def process_mesh(mesh: Mesh) -> Mesh:
+  """`mesh`'s devices as [processes, local devices] in process order: the layout of arrays whose rows are split
+  over processes (each holding its own rows) before they move to their own sharding."""
+  devices = sorted(mesh.devices.flat, key=lambda d: (d.process_index, d.id))
+  return Mesh(np.array(devices).reshape(jax.process_count(), -1), ("processes", "local"))
+
+
+def from_process_rows(x, sharding: NamedSharding, axis: int = 0) -> jax.Array:
+  """A global array on `sharding` from this process's rows `x` along `axis`: the processes' rows, joined in
+  process order, are the array (`jax.make_array_from_process_local_data`, then resharded on the devices)."""
+  x = np.asarray(x)
+  shape = list(x.shape)
+  shape[axis] *= jax.process_count()
+  split = NamedSharding(process_mesh(sharding.mesh), P(*([None] * axis), "processes"))
+  return jax.device_put(jax.make_array_from_process_local_data(split, x, tuple(shape)), sharding)
+
+
+def gather_rows(x) -> np.ndarray:
+  """Every process's rows of a host array (numeric), joined in process order, on every process."""
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def gather_strings(values) -> list[str]:
+  """Every process's strings, joined in process order, on every process (UTF-8 bytes through `gather_rows`)."""
+  values = [str(v) for v in values]
+  if jax.process_count() == 1:
+    return values
+  encoded = [v.encode() for v in values]
+  width = int(gather_rows(np.array([max([len(e) for e in encoded] + [1])], np.int32)).max())
+  table = np.zeros((len(encoded), width), np.uint8)
+  for i, e in enumerate(encoded):
+    table[i, :len(e)] = np.frombuffer(e, np.uint8)
+  return [bytes(row).rstrip(b"\0").decode() for row in gather_rows(table)]
+
+
+def process_rows(n: int) -> slice:
+  """This process's rows of `n` rows split evenly over the processes in process order."""
+  share = n // jax.process_count()
+  return slice(jax.process_index() * share, (jax.process_index() + 1) * share)
+
+
 def to_host(x) -> np.ndarray:
   """A (possibly multi-process sharded) array gathered in full onto this host as numpy."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:

@@ -210,6 +210,8 @@ class Sampler:
       if not self.settings.greedy:
         raise ValueError("sampling (temperature > 0) needs rng=jax.random.key(...)")
       rng = _greedy_key()
+    if isinstance(input_ids, jax.Array) and not input_ids.is_fully_addressable:
+      return self._prepare_global(params, input_ids, attention_mask, pixel_values, image_grid_thw, position_ids, rng)
     input_ids = np.asarray(input_ids).astype(np.int32)
     if input_ids.ndim != 2:
       raise ValueError(f"input_ids must be [B, L], got shape {input_ids.shape}")
@@ -228,17 +230,31 @@ class Sampler:
                                    image_token_id=self.config.image_token_id)
     position_ids = np.asarray(position_ids).astype(np.int32)
 
-    rows = input_ids.shape[0] * self.num_samples
-    width = candidate_count(self.config.text.vocab_size, self.settings)
-    noise_ahead = not self.settings.greedy and self.max_new_tokens * rows * width <= NOISE_AHEAD_MAX
     row_images = (self._row_images(input_ids, grid) if self.tile == "prompt" and pixel_values is not None
                   else None)
+    return self._planned(params, grid, row_images, (input_ids, attention_mask, position_ids, pixel_values, rng))
+
+  def _planned(self, params, grid, row_images, inputs) -> tuple:
+    """(params, decode head, plan, inputs): `_prepare`'s result for checked inputs."""
+    rows = inputs[0].shape[0] * self.num_samples
+    width = candidate_count(self.config.text.vocab_size, self.settings)
+    noise_ahead = not self.settings.greedy and self.max_new_tokens * rows * width <= NOISE_AHEAD_MAX
     plan = Plan(self.max_new_tokens, self.settings, self.eos_ids, self.pad_id, self.num_samples, self.tile,
-                None if pixel_values is None else grid, noise_ahead, row_images, compact=self.phases and rows > 1,
+                None if inputs[3] is None else grid, noise_ahead, row_images, compact=self.phases and rows > 1,
                 layer_list=self._layer_list)
     params = self.params if params is None else params
-    return (params, self._decode_head(_embedding(params, self.rest)), plan,
-            (input_ids, attention_mask, position_ids, pixel_values, rng))
+    return params, self._decode_head(_embedding(params, self.rest)), plan, inputs
+
+  def _prepare_global(self, params, input_ids, attention_mask, pixel_values, image_grid_thw, position_ids, rng):
+    """`_prepare` for prompts already placed as global arrays whose rows no process holds whole (each process
+    loaded its own rows): attention_mask and position_ids must come with them (int32, as collated); the checks
+    that read the prompts were made where they were collated."""
+    if attention_mask is None or position_ids is None or image_grid_thw is None and pixel_values is not None:
+      raise ValueError("prompts split over processes need attention_mask, position_ids and image_grid_thw")
+    if self.tile == "prompt" and pixel_values is not None:
+      raise ValueError("tile='prompt' reads the prompts on the host; prompts split over processes need 'cache'")
+    grid = None if image_grid_thw is None else grid_tuple(image_grid_thw)
+    return self._planned(params, grid, None, (input_ids, attention_mask, position_ids, pixel_values, rng))
 
   def _buckets(self, prompt_len: int) -> tuple[int, ...]:
     steps = self.max_new_tokens

@@ -136,3 +136,45 @@ def test_all_bad_source_fails_clearly(transform):
 def test_default_shard_is_this_jax_process(records, transform):
   full, _ = _run(records, transform, num_epochs=1)
   assert _run(records, transform, num_epochs=1, shard_index=None, shard_count=None)[0] == full
+
+
+def _batches(source, transform, **kw):
+  args = dict(batch_size=4, seed=3, num_epochs=2, worker_count=0, window_batches=2)
+  loader = make_loader(source, transform, **dict(args, **kw))
+  out = list(loader)
+  return out, loader.decoded
+
+
+def test_row_shards_join_into_the_one_process_batches(records, transform):
+  """shard_by="rows": each of 2 processes decodes only its half of every global batch, and the halves joined in
+  process order are the one-process batches, field for field (filler rows and bad records alike)."""
+  import numpy as np
+  from geojax.data.batch import concat_examples
+  whole, decoded_whole = _batches(records, transform, shard_index=0, shard_count=1)
+  shares = [_batches(records, transform, shard_index=i, shard_count=2, shard_by="rows") for i in range(2)]
+  assert [len(s[0]) for s in shares] == [len(whole)] * 2
+  for k, batch in enumerate(whole):
+    joined = concat_examples([shares[0][0][k], shares[1][0][k]])
+    assert sorted(joined) == sorted(batch)
+    for name in batch:
+      np.testing.assert_array_equal(joined[name], batch[name], err_msg=f"batch {k} {name}")
+  assert decoded_whole == 2 * (N - 3)
+  # each process decoded its own rows (a share of only fillers decodes the batch's first example once)
+  assert all(s[1] <= decoded_whole // 2 + len(whole) for s in shares), [s[1] for s in shares]
+  assert sum(s[1] for s in shares) >= decoded_whole
+
+
+def test_row_shards_mask_an_image_that_fails_after_its_header(records, transform):
+  """A record whose header reads but whose pixels do not is a masked row (its shard cannot skip it alone)."""
+  import numpy as np
+  recs = list(records)
+  good = recs[0]["image"]
+  recs[0] = dict(recs[0], image=good[:len(good) // 2])
+  shares = [_batches(recs, transform, num_epochs=1, shard_index=i, shard_count=2, shard_by="rows")[0]
+            for i in range(2)]
+  masked = [(b["id"][j], b["example_mask"][j]) for s in shares for b in s for j in range(len(b["id"]))
+            if b["id"][j] == "r0"]
+  assert masked and all(m == 0 for _, m in masked)
+  with pytest.raises(ValueError, match="does not split"):
+    make_loader(records, transform, batch_size=3, shard_index=0, shard_count=2, shard_by="rows")
+  assert np.isfinite(shares[0][0]["pixel_values"]).all()

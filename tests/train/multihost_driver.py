@@ -30,7 +30,7 @@ def digit_share(texts, batch, group):
 
 
 extra = {"stages": ("sft", "grpo"), "sft.steps": 2, "grpo.steps": 3, "grpo.batch_size": 2, "grpo.group_size": 4,
-         "checkpoint.every": 10}
+         "checkpoint.every": 10, "eval.at_stage_end": True}
 if int(num_processes) > 1:
   extra.update({"runtime.distributed": "on", "runtime.coordinator_address": f"127.0.0.1:{port}",
                 "runtime.num_processes": int(num_processes), "runtime.process_id": int(process_id)})
