@@ -27,6 +27,11 @@ optimizer state during generation (and the training parameters, when it samples 
 the chip's HBM. FLOPs and bytes are XLA's cost analysis of the compiled per-chip program, which counts a loop body
 once (the decode loop, micro-batch and chunk scans), so the roofline time is a lower bound for looped programs.
 The last line printed is one JSON object with the figures (for scripts and CI).
+
+Under LoRA (`--config.model.lora.rank=16`, QLoRA with `--config.model.lora.quantize=nf4`) the model is built abstract
+with its adapters and (quantized) frozen base; the learners' programs take the base as an argument (training closes
+over it), the train state and optimizer are the adapters', the reference is the shared base with a copy of the
+adapters, and the decode-layout rollout samples the merged weights.
 """
 from __future__ import annotations
 
