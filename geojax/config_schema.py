@@ -161,7 +161,8 @@ _SCHEMA: dict[str, Any] = {
     "rollout": {
         "layout": ("train", "decode: before each GRPO rollout, cast the policy to model.dtype and reshard it by the "
                              "decode rules (geojax.sampling.DECODE_RULES: heads, MLP and vocabulary over tensor, whole "
-                             "along the embedding) on rollout.mesh, so the decode loop gathers no weight | train: "
+                             "along the embedding) on rollout.mesh, so the decode loop gathers no weight (under LoRA: "
+                             "the merged weights, base + adapters, a QLoRA base dequantized) | train: "
                              "sample with the training parameters as they are"),
         "mesh": {
             "data": (-1, "rollout devices splitting the rows (-1: all remaining devices)"),
@@ -433,8 +434,7 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
 
 
 def _validate_lora(c: ml_collections.ConfigDict) -> None:
-  """model.lora: what geojax's LoRA can do (adapters on Dense projections, a quantized base only under adapters,
-  the decode layout only without adapters)."""
+  """model.lora: what geojax's LoRA can do (adapters on Dense projections, a quantized base only under adapters)."""
   import re
 
   from geojax.models.lora import QUANTIZE, TARGETS
@@ -457,9 +457,6 @@ def _validate_lora(c: ml_collections.ConfigDict) -> None:
       if lc[key] != off:
         raise ConfigError(f"config key 'model.lora.{key}' is {lc[key]!r} but model.lora.rank is 0 (LoRA off): "
                           f"set a rank or leave {key} at {off!r}")
-  if lc.rank and c.rollout.layout == "decode":
-    raise ConfigError("config key 'rollout.layout' is 'decode' but model.lora.rank is set: the decode layout recasts "
-                      "the policy's parameters, which under LoRA are the adapters only; use rollout.layout=train")
   if lc.init_from and not os.path.isfile(os.path.join(lc.init_from, "adapter_config.json")):
     raise ConfigError(f"config key 'model.lora.init_from' is {lc.init_from!r}: not a PEFT adapter directory "
                       "(no adapter_config.json)")

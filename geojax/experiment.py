@@ -73,15 +73,19 @@ def architecture(config: ml_collections.ConfigDict, tokenizer):
   return model_config(config, tokenizer)
 
 
-def build_model(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bool = False, arch=None) -> QwenVL:
+def build_model(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bool = False, arch=None,
+                shapes_only: bool = False) -> QwenVL:
   """The starting model: `model.hf_path` loaded onto the mesh, else `model.preset` initialized from the seed;
   with model.lora.rank > 0, that base with adapters (`geojax.models.lora`), from model.lora.init_from if given.
 
   With abstract=True only shapes and shardings (for restoring a checkpoint into, or compiling: geojax.plan);
   `arch` (a QwenVLConfig) replaces the config's architecture there. A LoRA model is always built (its frozen base
-  is not in its checkpoints).
+  is not in its checkpoints), unless `shapes_only`: everything abstract, a LoRA model's adapters and (quantized)
+  frozen base too, for compiling only (geojax.plan).
   """
   spec = lora.LoraSpec.from_config(config.model.lora)
+  if spec.enabled and shapes_only:
+    return _build_base(config, tokenizer, mesh, True, arch, spec)
   if spec.enabled:
     model = _build_base(config, tokenizer, mesh, False, arch)
     model = lora.apply_lora(model, spec, seed=config.seed)
@@ -89,10 +93,12 @@ def build_model(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bo
       from geojax.models.peft_io import load_peft_adapter
       load_peft_adapter(model, config.model.lora.init_from)
     return model
-  return _build_base(config, tokenizer, mesh, abstract, arch)
+  return _build_base(config, tokenizer, mesh, abstract or shapes_only, arch)
 
 
-def _build_base(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bool, arch) -> QwenVL:
+def _build_base(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bool, arch,
+                spec: lora.LoraSpec | None = None) -> QwenVL:
+  """The base model (abstract: with `spec`'s adapters and quantized kernels, all as placed ShapeDtypeStructs)."""
   mc = config.model
   dtype, param_dtype = DTYPES[mc.dtype], DTYPES[mc.param_dtype]
   try:  # here, not in validate: the runtime (jax.distributed) is up
@@ -103,8 +109,11 @@ def _build_base(config: ml_collections.ConfigDict, tokenizer, mesh, abstract: bo
     return load_hf(mc.hf_path, dtype=dtype, mesh=mesh, param_dtype=param_dtype, attention=mc.attention)
   arch = (arch or architecture(config, tokenizer)).replace(attention=mc.attention)
   make = lambda: QwenVL(arch, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(config.seed))
+  if spec is not None and spec.enabled:
+    base = make
+    make = lambda: lora.apply_lora(base(), spec, seed=config.seed)
   model = nnx.eval_shape(make) if abstract else make()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = nnx.split(model, nnx.Any(nnx.Param, lora.Frozen), ...)  # Frozen: a QLoRA base
   shardings = param_shardings(params, mesh)  # like params, with NamedShardings from the logical axes
   if abstract:
     params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)

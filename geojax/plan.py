@@ -27,6 +27,11 @@ optimizer state during generation (and the training parameters, when it samples 
 the chip's HBM. FLOPs and bytes are XLA's cost analysis of the compiled per-chip program, which counts a loop body
 once (the decode loop, micro-batch and chunk scans), so the roofline time is a lower bound for looped programs.
 The last line printed is one JSON object with the figures (for scripts and CI).
+
+Under LoRA (`--config.model.lora.rank=16`, QLoRA with `--config.model.lora.quantize=nf4`) the model is built abstract
+with its adapters and (quantized) frozen base; the learners' programs take the base as an argument (training closes
+over it), the train state and optimizer are the adapters', the reference is the shared base with a copy of the
+adapters, and the decode-layout rollout samples the merged weights.
 """
 from __future__ import annotations
 
@@ -157,13 +162,20 @@ def like_params(tree, params, mesh):
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
+def _bits(dtype) -> int:
+  """Bits per element: 4 for a QLoRA base's nf4 values (uint4, two to a byte on a TPU), not numpy's byte."""
+  import ml_dtypes
+  dtype = np.dtype(dtype)
+  return ml_dtypes.iinfo(dtype).bits if dtype.kind in "iu" else dtype.itemsize * 8
+
+
 def per_chip_bytes(tree) -> int:
   """Bytes one chip holds of the (sharded) ShapeDtypeStructs of `tree`."""
-  total = 0
+  bits = 0
   for leaf in jax.tree.leaves(tree):
     shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-    total += int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
-  return total
+    bits += int(np.prod(shape)) * _bits(leaf.dtype)
+  return -(-bits // 8)
 
 
 # ------------------------------------------------------------------------------------------------ example batches
@@ -224,6 +236,20 @@ class Program:
   lower_s: float
 
 
+def _with_rest(owner, fn, static_argnames=(), donate_argnums=()):
+  """`fn`, a method of `owner` (a learner or reference policy) that merges `owner.rest` (the model's state other than
+  its trained parameters: under LoRA the frozen base) into the model, jitted with that state as its first argument
+  (pass static arguments by name). Training closes over the concrete base; an abstract one cannot be closed over,
+  and as an argument it is counted."""
+  def wrapped(rest, *args, **kwargs):
+    saved, owner.rest = owner.rest, rest
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      owner.rest = saved
+  return jax.jit(wrapped, static_argnames=static_argnames, donate_argnums=tuple(i + 1 for i in donate_argnums))
+
+
 def _abstract_learner(build, params, mesh):
   """(learner, its train state and the reference parameters as sharded ShapeDtypeStructs): `build(params)` runs
   the learner's constructor under jax.eval_shape, so the optimizer state and the reference copy are never
@@ -249,7 +275,7 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
   from geojax.learners.grpo import GRPOLearner
   from geojax.learners.rollout import PROMPT_KEYS, rollout_shape
   from geojax.learners.sft import SFT_KEYS, SFTLearner
-  from geojax.models import grid_tuple
+  from geojax.models import grid_tuple, lora
   from geojax.models.sharding import MESH_AXES, make_mesh
 
   config = copy.deepcopy(config)
@@ -262,14 +288,16 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
   photo = photo or largest_photo(config, tokenizer)
   out, gc = [], config.grpo
   with jax.set_mesh(mesh):
-    model = experiment.build_model(config, tokenizer, mesh, abstract=True, arch=arch)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    model = experiment.build_model(config, tokenizer, mesh, arch=arch, shapes_only=True)
+    graphdef, params, rest = lora.split_params(model)  # under LoRA: the adapters, and the frozen base in rest
     if "sft_step" in programs:
       learner, state, _ = _abstract_learner(
           lambda p: SFTLearner(config, nnx.merge(graphdef, p, rest), mesh, loader=None), params, mesh)
       batch = example_batch(config, tokenizer, "sft", config.sft.batch_size, photo)
       t0 = time.time()
-      lowered = learner.update.lower(state, abstract_batch(batch, mesh, SFT_KEYS), grid_tuple(batch["image_grid_thw"]))
+      update = _with_rest(learner, learner._update_fn, ("grid",), (0,))
+      lowered = update.lower(learner.rest, state, abstract_batch(batch, mesh, SFT_KEYS),
+                             grid=grid_tuple(batch["image_grid_thw"]))
       out.append(Program("sft_step", lowered, 0, time.time() - t0))
       learner.close()
     rl = [p for p in programs if p != "sft_step"]
@@ -287,33 +315,45 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
       ref_bytes, opt_bytes = per_chip_bytes(ref_params), per_chip_bytes(state["opt_state"])
       if "grpo_step" in rl:
         t0 = time.time()
-        lowered = learner.update.lower(state, prompt, tokens, lengths, abstract_rows(mesh, (rows,), np.float32),
-                                       logprobs if learner.reference is not None else None, logprobs, grid=grid,
-                                       prompt_len=prompt_len)
+        update = _with_rest(learner, learner._update_fn, ("grid", "prompt_len"), (0,))
+        lowered = update.lower(learner.rest, state, prompt, tokens, lengths, abstract_rows(mesh, (rows,), np.float32),
+                               logprobs if learner.reference is not None else None, logprobs, grid=grid,
+                               prompt_len=prompt_len)
         out.append(Program("grpo_step", lowered, ref_bytes, time.time() - t0))
       if "reference" in rl and learner.reference is not None:
         t0 = time.time()
-        lowered = learner.reference._logprobs.lower(ref_params, prompt, tokens, lengths, grid=grid,
-                                                    prompt_len=prompt_len)
+        ref = learner.reference
+        lowered = _with_rest(ref, ref._logprobs_fn, ("grid", "prompt_len")).lower(
+            ref.rest, ref_params, prompt, tokens, lengths, grid=grid, prompt_len=prompt_len)
         out.append(Program("reference", lowered, per_chip_bytes(state), time.time() - t0))
       if "generate" in rl:
         out.append(_generate_program(model, state["params"], config, tokenizer, batch, target, ref_bytes + opt_bytes))
       learner.close()
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  # the model's weights (a QLoRA base's quantized values counted, not their scales) and what trains of them
+  weights = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
+  quantized = [v for p, v in nnx.to_flat_state(nnx.state(model, lora.Frozen)) if p[-1] == "qvalue"]
+  n_params = sum(int(np.prod(x.shape)) for x in [*jax.tree.leaves(weights), *quantized])
   grid = grid_tuple(example_batch(config, tokenizer, "rl", 1, photo)["image_grid_thw"])[0]
-  info = {"mesh": dict(mesh.shape), "params": n_params, "photo": list(photo),
-          "image_grid": list(grid), "text_layers": arch.text.num_layers, "vision_depth": arch.vision.depth}
+  trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  lc = config.model.lora
+  info = {"mesh": dict(mesh.shape), "params": n_params, "trainable": trainable,
+          "lora": {"rank": lc.rank, "targets": lc.targets, "quantize": lc.quantize} if lc.rank else None,
+          "photo": list(photo), "image_grid": list(grid), "text_layers": arch.text.num_layers,
+          "vision_depth": arch.vision.depth}
   return out, info
 
 
 def _generate_program(model, params, config, tokenizer, batch: dict, target: Target, resident: int) -> Program:
   """The rollout sampler of `geojax.learners.grpo.policy_sampler` (in config.rollout's layout) lowered on abstract
   parameters and the example prompts: its first decode phase, the longest."""
+  from flax import nnx
+
   from geojax.learners.grpo import rollout_layout, rollout_sampler
+  from geojax.models import lora
   layout = rollout_layout(config, model, target.devices)
   sampler = rollout_sampler(model if layout is None else layout.model, config.grpo, tokenizer)
-  if layout is not None:  # the training parameters stay while their decoding copy samples
-    resident += per_chip_bytes(params)
+  if layout is not None:  # the training weights (a LoRA base and adapters) stay while their decoding copy samples
+    resident += per_chip_bytes(nnx.state(model, nnx.Any(nnx.Param, lora.Frozen)))
   t0 = time.time()
   rng = jax.eval_shape(lambda: jax.random.key(0))  # abstract: no device, so no mesh of its own
   lowered = sampler.lower(params if layout is None else layout.abstract(), batch["input_ids"],
@@ -408,9 +448,6 @@ def plan(config: ml_collections.ConfigDict, target: Target, programs=None, **bui
     raise gconfig.ConfigError(f"--programs: unknown {unknown}; known: {list(PROGRAMS)}")
   if "reference" in programs and not config.grpo.beta > 0:
     raise gconfig.ConfigError("--programs: reference, but config key 'grpo.beta' is 0 (no reference policy)")
-  if config.model.lora.rank:  # its frozen base would be built whole (a LoRA model is never abstract) and closed over
-    raise gconfig.ConfigError("config key 'model.lora.rank' is set: geojax.plan does not compile LoRA programs yet; "
-                              "the LoRA rows of `python -m geojax.models.memory` estimate them")
   lowered, info = build_programs(config, target, programs, **build_kw)
   results = {}
   for program in sorted(lowered, key=lambda p: COMPILE_ORDER.index(p.name)):
@@ -418,8 +455,10 @@ def plan(config: ml_collections.ConfigDict, target: Target, programs=None, **bui
     print(f"[plan] {program.name}: {r['per_chip_gib']:.2f} GiB per chip, compiled in {r['compile_s']:.1f}s "
           f"({r['compile_cpu_s']:.0f} CPU-s) {json.dumps(r)}", flush=True)
   results = {name: results[name] for name in PROGRAMS if name in results}
+  lora = "" if info["lora"] is None else (f", LoRA r{info['lora']['rank']} ({info['trainable'] / 1e6:.3g}M trainable"
+                                       f", base {info['lora']['quantize']})")
   print(f"\n{target.name} ({len(target.devices)} chips, {target.hbm_gib:g} GiB each), mesh {info['mesh']}, "
-        f"{info['params'] / 1e9:.3g}B params ({info['text_layers']} text layers, {info['vision_depth']} vision "
+        f"{info['params'] / 1e9:.3g}B params{lora} ({info['text_layers']} text layers, {info['vision_depth']} vision "
         f"blocks), photo {info['photo'][0]}x{info['photo'][1]} (grid {info['image_grid']})")
   print(format_table(results, target.hbm_gib))
   return {"topology": target.name, "chips": len(target.devices), "chip_hbm_gib": target.hbm_gib, **info,

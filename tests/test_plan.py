@@ -80,6 +80,21 @@ def test_plan_cpu_generate(layout):
     assert r["collectives"]["all-reduce"] > 0  # tensor parallel: partial sums of the row-split matmuls
 
 
+def test_plan_lora():
+  """A QLoRA (nf4) config plans: the model is built abstract with its adapters and quantized base; the reference is
+  the shared base with a copy of the adapters (all the GRPO update keeps resident; replicated on the data mesh: 4
+  bytes per adapter parameter), so the reference pass reads less than one float32 copy of the weights; the rollout
+  samples the merged weights in the decode layout."""
+  config = _config(["model.lora.rank=4", "model.lora.quantize=nf4", "rollout.layout=decode", "rollout.mesh.tensor=4"])
+  summary = plan_lib.plan(config, plan_lib.cpu_target(8), ["grpo_step", "reference", "generate"])
+  assert summary["lora"] == {"rank": 4, "targets": "text", "quantize": "nf4"} and summary["mesh"]["data"] == 8
+  assert 0 < summary["trainable"] < summary["params"] / 10
+  r = summary["programs"]
+  assert r["grpo_step"]["resident_gib"] * plan_lib.GIB == pytest.approx(4 * summary["trainable"], rel=1e-3)
+  assert r["reference"]["argument_gib"] * plan_lib.GIB < 4 * summary["params"]
+  assert r["generate"]["collectives"]["all-reduce"] > 0 and summary["fits"]  # tensor parallel over 4
+
+
 def test_collective_counts():
   hlo = """
   %all-gather-start.1 = (f32[4], f32[16]) all-gather-start(f32[4] %p), replica_groups={{0,1,2,3}}

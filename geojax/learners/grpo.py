@@ -93,6 +93,8 @@ def policy_sampler(model, gc: ml_collections.ConfigDict, tokenizer, layout: Roll
   sampler = rollout_sampler(model if layout is None else layout.model, gc, tokenizer)
 
   def sample(params, batch, rng):
+    if layout is not None:  # the key (made on the training mesh) onto the rollout mesh: one mesh per program
+      rng = jax.device_put(rng, jax.sharding.NamedSharding(layout.mesh, jax.sharding.PartitionSpec()))
     out = sampler(params if layout is None else layout(params), batch["input_ids"], batch["attention_mask"],
                   batch["pixel_values"], batch["image_grid_thw"], position_ids=batch["position_ids"], rng=rng)
     if layout is None or mesh is None or layout.mesh == mesh:

@@ -40,6 +40,8 @@ TARGETS = {
 TARGETS["all"] = f"({TARGETS['text']})|({TARGETS['vision']})"
 QUANTIZE = {"none": None, "int8": jnp.int8, "nf4": "nf4"}
 NF4_BLOCK = 64  # QLoRA's block size: one nf4 scale per 64 inputs
+FSDP_AXES = ("embed", "vision_embed")  # the logical axes the sharding rules split over fsdp
+WIDE = "lora_wide"  # see `_factor_axes`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,19 @@ class Frozen(nnx.Variable):
   """A frozen, non-parameter array of the base (a quantized kernel's values and scales)."""
 
 
+def _factor_axes(axes: tuple, shape: tuple, rank_first: bool) -> tuple:
+  """The logical axes of an adapter factor: its kernel side's `axes` (of `shape`) and the rank's (None). A factor
+  with no FSDP axis (A of down_proj and o_proj, B of q/k/v/gate/up: the kernel's embed side is the other factor's)
+  would be whole on every chip of an FSDP mesh, 70% of the 7B adapters and of their optimizer state (BENCHMARKS.md,
+  LoRA); its largest kernel-side dimension is named WIDE instead, which the sharding rules split over tensor and
+  fsdp where that divides."""
+  axes = tuple(axes)
+  if axes and not any(a in FSDP_AXES for a in axes):
+    wide = max(range(len(shape)), key=lambda i: shape[i])
+    axes = tuple(WIDE if i == wide else a for i, a in enumerate(axes))
+  return (None, *axes) if rank_first else (*axes, None)
+
+
 class Adapter(nnx.Module):
   """dropout(x) A B * alpha / rank for a Dense contracting its input's last `len(in_shape)` dims; A and B float32,
   multiplied in the Dense's compute dtype."""
@@ -79,8 +94,9 @@ class Adapter(nnx.Module):
   def __init__(self, in_shape, out_shape, axes, spec: LoraSpec, *, dtype, rngs: nnx.Rngs):
     n_in, r = len(in_shape), spec.rank
     a = jax.nn.initializers.he_uniform()(rngs.params(), (math.prod(in_shape), r), jnp.float32)
-    self.a = nnx.LoRAParam(a.reshape(*in_shape, r), logical_axes=(*axes[:n_in], None))
-    self.b = nnx.LoRAParam(jnp.zeros((r, *out_shape), jnp.float32), logical_axes=(None, *axes[n_in:]))
+    self.a = nnx.LoRAParam(a.reshape(*in_shape, r), logical_axes=_factor_axes(axes[:n_in], in_shape, rank_first=False))
+    self.b = nnx.LoRAParam(jnp.zeros((r, *out_shape), jnp.float32),
+                           logical_axes=_factor_axes(axes[n_in:], out_shape, rank_first=True))
     self.n_in, self.scale, self.rate, self.dtype = n_in, spec.alpha / r, spec.dropout, dtype
     self.key = nnx.data(None)  # a DropoutKey while a training loss runs (`with_dropout`)
 

@@ -32,7 +32,8 @@ The peak is the larger of the update and the rollout; both hold the parameters, 
 reference.
 Under LoRA (`lora_rank`): gradients, AdamW moments and the reference are the adapters' (float32; the reference is
 the shared frozen base with the adapters off), the adapted kernels of the frozen base in `quantize`'s bytes
-(QLoRA), activations as without LoRA (the rank-r activations neglected).
+(QLoRA), activations as without LoRA (the rank-r activations neglected); the decode layout's copy is the merged
+weights, the same size as without LoRA.
 """
 from __future__ import annotations
 
@@ -174,7 +175,8 @@ def memory_plan(config: QwenVLConfig, *, chips: int = 32, prompts: int = 16, gro
     gathered = act_bytes * t.vocab_size * D + min(BASE_BYTES[quantize], act_bytes) * _layer_params(config)
     a = 4 * adapters / chips / GIB
     return MemoryPlan(params=base / chips / GIB + a, grads=a, optimizer=2 * a, reference=a, gathered=gathered / GIB,
-                      activations=(saved + working + logits) / GIB, kv_cache=(kv + prefill) / GIB)
+                      activations=(saved + working + logits) / GIB, kv_cache=(kv + prefill) / GIB,
+                      decode_copy=decode_copy / GIB)  # the merged weights
   return MemoryPlan(params=shard / GIB, grads=shard / GIB, optimizer=2 * shard / GIB,
                     reference=shard / GIB, gathered=gathered / GIB, activations=(saved + working + logits) / GIB,
                     kv_cache=(kv + prefill) / GIB, decode_copy=decode_copy / GIB)

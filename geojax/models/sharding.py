@@ -41,6 +41,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("vision_mlp", "tensor"),
     ("patch", None),
     ("merge", "tensor"),
+    ("lora_wide", ("tensor", "fsdp")),  # an adapter factor without an embed axis (geojax.models.lora)
 )
 
 

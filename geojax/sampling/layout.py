@@ -10,6 +10,10 @@ dimension the mesh axis does not divide stays whole (replicated), as in training
     layout = RolloutLayout(model, mesh=rollout_mesh, dtype=jnp.bfloat16)
     sampler = Sampler(layout.model, ...)          # the policy's graph under the decode rules and dtype
     result = sampler(layout(params), ...)         # cast + reshard, then sample
+
+Under LoRA the policy's parameters are its adapters and the decoding copy is the merged weights, W + A B * alpha /
+rank (a QLoRA base dequantized first), in the compute dtype: `layout.model` is the plain model, and the decode loop
+runs no adapter matmul and no dequantization. The frozen base is read from the policy given to the constructor.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from geojax.models import lora
 from geojax.models.sharding import DEFAULT_RULES, logical_to_spec, named_sharding, param_shardings
 from geojax.models.text import K_AXES
 
@@ -32,7 +37,8 @@ DECODE_RULES: tuple[tuple[str, object], ...] = tuple(
 
 class RolloutLayout:
   """Casts and reshards a policy's parameters for sampling; `model` is the policy's graph (abstract: no arrays)
-  with the decode rules and `dtype` as its compute and parameter dtype, for a `Sampler`."""
+  with the decode rules and `dtype` as its compute and parameter dtype, for a `Sampler` (a LoRA policy's: the plain
+  model, whose parameters are the merged weights)."""
 
   def __init__(self, policy, mesh: jax.sharding.Mesh, dtype=None, rules=DECODE_RULES):
     from geojax.models.qwen_vl import QwenVL
@@ -42,16 +48,24 @@ class RolloutLayout:
     self.model = nnx.eval_shape(lambda: QwenVL(config, dtype=self.dtype, param_dtype=self.dtype,
                                                rngs=nnx.Rngs(0)))
     self.shardings = param_shardings(nnx.state(self.model, nnx.Param), mesh, self.rules)
-    self._cast = jax.jit(lambda params: jax.tree.map(lambda x: x.astype(self.dtype), params))
+    cast = lambda params: jax.tree.map(lambda x: x.astype(self.dtype), params)  # noqa: E731
+    if lora.has_lora(policy):  # the adapters merged into the frozen base (`rest`), one program per rollout
+      graphdef, _, self._rest = lora.split_params(policy)
+      merged = lambda params, rest: nnx.state(lora.merged_model(nnx.merge(graphdef, params, rest)), nnx.Param)
+      self._cast = jax.jit(lambda params, rest: cast(merged(params, rest)))
+    else:
+      self._rest = None
+      self._cast = jax.jit(lambda params, rest: cast(params))
     self._last: tuple = ()  # (weak reference to the last input's first leaf, its layout)
 
   def __call__(self, params):
-    """`params` (the policy's nnx.Param state, any sharding) cast and placed for decoding; the same input arrays
-    give the same output without redoing it (dynamic sampling draws several batches per update)."""
+    """`params` (the policy's nnx.Param state, a LoRA policy's adapters; any sharding) cast (merged) and placed for
+    decoding; the same input arrays give the same output without redoing it (dynamic sampling draws several batches
+    per update)."""
     first = jax.tree.leaves(params)[0]
     if self._last and self._last[0]() is first:
       return self._last[1]
-    out = jax.device_put(self._cast(params), self.shardings)
+    out = jax.device_put(self._cast(params, self._rest), self.shardings)
     self._last = (weakref.ref(first), out)
     return out
 

@@ -17,6 +17,7 @@ def _validate(**overrides):
 def test_lora_settings_are_checked(tmp_path):
   _validate(**{"model.lora.rank": 16, "model.lora.quantize": "nf4", "model.lora.targets": "all"})
   _validate(**{"model.lora.rank": 8, "model.lora.targets": r"language_model/layers/\d+/mlp/.*"})
+  _validate(**{"model.lora.rank": 8, "rollout.layout": "decode"})  # the decode copy is the merged weights
   bad = [({"model.lora.quantize": "nf4"}, "model.lora.quantize.*rank is 0"),
          ({"model.lora.dropout": 0.1}, "model.lora.dropout.*rank is 0"),
          ({"model.lora.rank": 4, "model.lora.quantize": "fp8"}, "model.lora.quantize"),
@@ -24,15 +25,7 @@ def test_lora_settings_are_checked(tmp_path):
          ({"model.lora.rank": 4, "model.lora.alpha": 0.0}, "model.lora.alpha"),
          ({"model.lora.rank": 4, "model.lora.dropout": 1.0}, "model.lora.dropout"),
          ({"model.lora.rank": -1}, "model.lora.rank"),
-         ({"model.lora.rank": 4, "model.lora.init_from": str(tmp_path)}, "model.lora.init_from.*adapter_config"),
-         ({"model.lora.rank": 4, "rollout.layout": "decode"}, "rollout.layout.*model.lora.rank")]
+         ({"model.lora.rank": 4, "model.lora.init_from": str(tmp_path)}, "model.lora.init_from.*adapter_config")]
   for overrides, match in bad:
     with pytest.raises(gconfig.ConfigError, match=match):
       _validate(**overrides)
-
-
-def test_plan_refuses_lora():
-  from geojax import plan
-  config = gconfig.load(os.path.join(ROOT, "configs", "default.py"), ["model.lora.rank=4"])
-  with pytest.raises(gconfig.ConfigError, match="model.lora.rank.*geojax.plan"):
-    plan.plan(config, plan.cpu_target(1))

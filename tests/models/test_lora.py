@@ -146,7 +146,9 @@ def test_sharded_with_remat_equals_unsharded(hf_checkpoint, rng):
   model = _randomize(lora.apply_lora(load_hf(path, mesh=mesh, remat_policy="full"), spec))
   q = model.language_model.layers.self_attn.q_proj  # stacked: [layers, ...]
   assert q.lora.a[...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None)
-  assert q.lora.b[...].sharding.spec == jax.sharding.PartitionSpec(None, None, "tensor", None)
+  assert q.lora.b[...].sharding.spec == jax.sharding.PartitionSpec(None, None, "tensor", "fsdp")  # lora.WIDE
+  down = model.language_model.layers.mlp.down_proj  # A [layers, mlp, rank]: mlp over tensor and fsdp
+  assert down.lora.a[...].sharding.spec == jax.sharding.PartitionSpec(None, ("tensor", "fsdp"), None)
   with jax.set_mesh(mesh):
     got = loss_and_grad(model)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-5)

@@ -1,5 +1,6 @@
-"""LoRA / QLoRA training (SFT -> GRPO): only the adapters train and are checkpointed, the GRPO reference shares the
-frozen base, and a resumed run reproduces the uninterrupted one exactly (dropout included)."""
+"""LoRA / QLoRA training (SFT -> GRPO, rollouts in the decode layout): only the adapters train and are checkpointed,
+the GRPO reference shares the frozen base, and a resumed run reproduces the uninterrupted one exactly (dropout
+included)."""
 import os
 import shutil
 
@@ -14,7 +15,8 @@ from tests.train.helpers import losses, tiny_config
 from tests.train.test_resume import _truncate_checkpoints
 
 LORA = {"sft.steps": 2, "model.lora.rank": 4, "model.lora.alpha": 8.0, "model.lora.dropout": 0.1,
-        "model.lora.targets": "all", "model.lora.quantize": "int8"}
+        "model.lora.targets": "all", "model.lora.quantize": "int8",
+        "rollout.layout": "decode", "rollout.mesh.tensor": 2}  # rollouts sample the merged weights, split over 2
 
 
 def _only_adapters(tree) -> bool:
