@@ -1,10 +1,11 @@
 """One GRPO iteration on a toy text decoder: geojax's GRPO learner vs Tunix's (google-tunix 0.1.7), same weights.
 
+    make bench-tunix [ARGS="--rounds 3 --steps 5"]
     HF_HUB_OFFLINE=1 python scripts/bench_tunix.py --python .venv-tunix/bin/python [--rounds 3] [--steps 5]
 
-Tunix is not a geojax dependency: its measured processes run under `--python`, a separate venv with both
-(`python -m venv .venv-tunix && .venv-tunix/bin/pip install -e . google-tunix==0.1.7 jax==0.10.2 jaxlib==0.10.2
-flax==0.12.8`), so both sides run the same jax. The driver (any interpreter with the bench extra: torch and
+Tunix is not a geojax dependency: the measured processes of both sides run under `--python`, a venv with geojax
+and Tunix (`python -m venv .venv-tunix && .venv-tunix/bin/pip install -e ".[tunix]"`: google-tunix 0.1.7 under
+the core's jax 0.10.2 / flax 0.12.8 pins), so both sides run the same jax. The driver (any interpreter with the bench extra: torch and
 transformers) builds the model once: the random tiny Qwen2.5-VL of scripts/bench_grpo.py at vocab 2,048 (hidden
 128, 4 layers, 4 heads, 2 KV heads, MLP 512, untied head), whose language model is also written as a Qwen2
 checkpoint (keys renamed, the same tensors) that Tunix's own Qwen2 (`tunix.models.qwen2`) loads. Text prompts only:
@@ -163,21 +164,30 @@ def run_tunix(directory: str, steps: int, cache_dir: str) -> dict:
   learner = grpo_learner.GRPOLearner(
       rl_cluster=cluster, reward_fns=lambda prompts, completions, **_: reward(completions),
       algo_config=grpo_learner.GRPOConfig(num_generations=GROUP, num_iterations=1, beta=BETA, epsilon=0.2))
-  ends = []
-  run_step = learner._run_global_step
+  ends, phases = [], {"rollout": [], "reference": [], "update": []}
 
-  def timed(*args, **kwargs):
-    out = run_step(*args, **kwargs)
-    jax.block_until_ready(nnx_params(actor))
-    ends.append((time.perf_counter(), compile_s[0]))
-    return out
+  def timed(fn, phase=None):
+    def wrapper(*args, **kwargs):
+      start = time.perf_counter()
+      out = fn(*args, **kwargs)
+      jax.block_until_ready(nnx_params(actor) if phase in (None, "update") else out)  # Tunix's waits, not more
+      if phase is None:
+        ends.append((time.perf_counter(), compile_s[0]))
+      elif ends:  # phases of the steady steps
+        phases[phase].append(time.perf_counter() - start)
+      return out
+    return wrapper
 
-  learner._run_global_step = timed
+  learner._run_global_step = timed(learner._run_global_step)
+  cluster.generate = timed(cluster.generate, "rollout")
+  cluster.get_ref_per_token_logps = timed(cluster.get_ref_per_token_logps, "reference")
+  cluster.update_actor = timed(cluster.update_actor, "update")
   data = [{"prompts": np.asarray([text]), "answer": np.asarray([""])} for _ in range(steps + 1)]  # as grain batches
   start = time.perf_counter()
   learner.train(data)
   times = [b[0] - a[0] for a, b in zip(ends, ends[1:])]
-  return {"first": ends[0][0] - start, "first_compile": ends[0][1], "steps": times, "prompt_len": len(ids)}
+  return {"first": ends[0][0] - start, "first_compile": ends[0][1], "steps": times, "prompt_len": len(ids),
+          "phases": {k: statistics.median(v) for k, v in phases.items() if v}}
 
 
 def nnx_params(model):
@@ -205,7 +215,9 @@ def measure(side: str, directory: str, args, cache_dir: str) -> dict:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--python", default=sys.executable, help="interpreter of the measured processes (geojax + Tunix)")
+  venv = os.path.join(ROOT, ".venv-tunix", "bin", "python")  # make bench-tunix's
+  p.add_argument("--python", default=venv if os.path.exists(venv) else sys.executable,
+                 help="interpreter of the measured processes (geojax + Tunix)")
   p.add_argument("--threads", type=int, default=1, help="XLA threads (and CPUs pinned), both sides")
   p.add_argument("--rounds", type=int, default=3, help="fresh processes per side, alternating")
   p.add_argument("--steps", type=int, default=5, help="steady steps per process (after step 1)")
