@@ -4,24 +4,27 @@
     HF_HUB_OFFLINE=1 python scripts/bench_tunix.py --python .venv-tunix/bin/python [--rounds 3] [--steps 5]
 
 Tunix is not a geojax dependency: the measured processes of both sides run under `--python`, a venv with geojax
-and Tunix (`python -m venv .venv-tunix && .venv-tunix/bin/pip install -e ".[tunix]"`: google-tunix 0.1.7 under
-the core's jax 0.10.2 / flax 0.12.8 pins), so both sides run the same jax. The driver (any interpreter with the bench extra: torch and
-transformers) builds the model once: the random tiny Qwen2.5-VL of scripts/bench_grpo.py at vocab 2,048 (hidden
-128, 4 layers, 4 heads, 2 KV heads, MLP 512, untied head), whose language model is also written as a Qwen2
-checkpoint (keys renamed, the same tensors) that Tunix's own Qwen2 (`tunix.models.qwen2`) loads. Text prompts only:
-Qwen2.5-VL's M-RoPE on text positions is Qwen2's RoPE, so both sides compute the same function.
+and Tunix (`python -m venv .venv-tunix && .venv-tunix/bin/pip install -e ".[tunix]"`: google-tunix 0.1.7 under the
+core's jax 0.10.2 / flax 0.12.8 pins), so both sides run the same jax. The driver (any interpreter with the bench
+extra: torch and transformers) builds the model once: the random tiny Qwen2.5-VL of scripts/bench_grpo.py at vocab
+2,048 (hidden 128, 4 layers, 4 heads, 2 KV heads, MLP 512, untied head), whose language model is also written as a
+Qwen2 checkpoint (the same tensors under Qwen2's names) that Tunix's own Qwen2 (`tunix.models.qwen2`) loads. Text
+prompts only: Qwen2.5-VL's M-RoPE on text positions is Qwen2's RoPE, so both sides compute the same function.
 
-Both train on 1 prompt (the chat-templated question, tokenized by the same tokenizer; the bos id prepended where
-Tunix would) x G=8 completions x 64 new tokens, temperature 1, no top-k / top-p, beta 0.04, one update per rollout,
-AdamW (lr 1e-4, b1 0.9, b2 0.98, clip 1.0), float32, reward = completion length in characters / 100. Tunix:
-`GRPOLearner` on an `RLCluster` (vanilla rollout engine, actor, reference and rollout on one mesh), prompt padded to
-its own length, KV cache prompt + 64. geojax: `GRPOLearner` with a `RolloutSource` of the token batch, the vision
-tower frozen (the text never reaches it).
+Both train on 1 prompt (the chat-templated question, 76 tokens, tokenized by the same tokenizer; the bos id
+prepended where Tunix would) x G=8 completions x 64 new tokens, temperature 1, no top-k / top-p, beta 0.04, one
+update per rollout, PPO clip 0.2, k3 KL (Tunix's low_var_kl), loss sequence-mean-token-mean, AdamW (lr 1e-4, b1 0.9,
+b2 0.98, clip 1.0), float32, reward = completion length in characters / 100. Tunix: `GRPOLearner` on an `RLCluster`
+(vanilla rollout engine; actor, reference and rollout on one mesh), the prompt padded to its own length, KV cache
+prompt + 64. geojax: `GRPOLearner` with a `RolloutSource` of the token batch, the vision tower frozen (no text
+reaches it).
 
 Every measurement is a fresh process, the sides alternating (which goes first flips every round), pinned to the
-same CPUs with XLA_FLAGS intra_op_parallelism_threads=n (--xla_cpu_multi_thread_eigen=false at n=1). Step 1
-(compilation) is reported apart, then the median of --steps steady steps. Tunix's step is the time between the
-ends of its global steps (rollout, reference and old log-probs, rewards, advantages, update, metrics).
+same CPUs with XLA_FLAGS intra_op_parallelism_threads=n (--xla_cpu_multi_thread_eigen=false at n=1); each side has
+its own persistent compilation cache, empty in round 1. Step 1 (compilation) is reported apart, then the median of
+--steps steady steps. Tunix's step is the time between the ends of its global steps (rollout, reference log-probs,
+rewards, advantages, update, metrics); its phases are timed by wrapping RLCluster.generate, get_ref_per_token_logps
+and update_actor (each waited for, as Tunix waits anyway); geojax's as in scripts/bench_grpo.py.
 """
 from __future__ import annotations
 
@@ -163,7 +166,8 @@ def run_tunix(directory: str, steps: int, cache_dir: str) -> dict:
               temperature=1.0, top_p=1.0, top_k=None)))
   learner = grpo_learner.GRPOLearner(
       rl_cluster=cluster, reward_fns=lambda prompts, completions, **_: reward(completions),
-      algo_config=grpo_learner.GRPOConfig(num_generations=GROUP, num_iterations=1, beta=BETA, epsilon=0.2))
+      algo_config=grpo_learner.GRPOConfig(num_generations=GROUP, num_iterations=1, beta=BETA, epsilon=0.2,
+                                          kl_loss_mode="low_var_kl"))  # k3: geojax's grpo.kl default
   ends, phases = [], {"rollout": [], "reference": [], "update": []}
 
   def timed(fn, phase=None):
