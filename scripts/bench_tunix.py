@@ -22,9 +22,11 @@ reaches it).
 Every measurement is a fresh process, the sides alternating (which goes first flips every round), pinned to the
 same CPUs with XLA_FLAGS intra_op_parallelism_threads=n (--xla_cpu_multi_thread_eigen=false at n=1); each side has
 its own persistent compilation cache, empty in round 1. Step 1 (compilation) is reported apart, then the median of
---steps steady steps. Tunix's step is the time between the ends of its global steps (rollout, reference log-probs,
-rewards, advantages, update, metrics); its phases are timed by wrapping RLCluster.generate, get_ref_per_token_logps
-and update_actor (each waited for, as Tunix waits anyway); geojax's as in scripts/bench_grpo.py.
+--steps steady steps, in wall-clock seconds and in CPU seconds of the process (all its threads: on a loaded machine
+the wall clock also counts the time other jobs hold the CPU, the CPU seconds do not). Tunix's step is the time
+between the ends of its global steps (rollout, reference log-probs, rewards, advantages, update, metrics); its
+phases are timed by wrapping RLCluster.generate, get_ref_per_token_logps and update_actor (each waited for, as Tunix
+waits anyway); geojax's as in scripts/bench_grpo.py.
 """
 from __future__ import annotations
 
@@ -116,13 +118,15 @@ def run_geojax(directory: str, steps: int, cache_dir: str) -> dict:
     start = time.perf_counter()
     learner.train_step()
     first, first_compile = time.perf_counter() - start, compile_s[0]
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       learner.train_step()
       times.append(time.perf_counter() - start)
+      cpu.append(time.process_time() - start_cpu)
     phases = phase_times(learner, steps, config, mesh)
-  return {"first": first, "first_compile": first_compile, "steps": times, "prompt_len": n, "phases": phases}
+  return {"first": first, "first_compile": first_compile, "steps": times, "cpu": cpu, "prompt_len": n,
+          "phases": phases}
 
 
 # ------------------------------------------------------------------------------------------------ Tunix side
@@ -176,7 +180,7 @@ def run_tunix(directory: str, steps: int, cache_dir: str) -> dict:
       out = fn(*args, **kwargs)
       jax.block_until_ready(nnx_params(actor) if phase in (None, "update") else out)  # Tunix's waits, not more
       if phase is None:
-        ends.append((time.perf_counter(), compile_s[0]))
+        ends.append((time.perf_counter(), compile_s[0], time.process_time()))
       elif ends:  # phases of the steady steps
         phases[phase].append(time.perf_counter() - start)
       return out
@@ -190,7 +194,8 @@ def run_tunix(directory: str, steps: int, cache_dir: str) -> dict:
   start = time.perf_counter()
   learner.train(data)
   times = [b[0] - a[0] for a, b in zip(ends, ends[1:])]
-  return {"first": ends[0][0] - start, "first_compile": ends[0][1], "steps": times, "prompt_len": len(ids),
+  cpu = [b[2] - a[2] for a, b in zip(ends, ends[1:])]
+  return {"first": ends[0][0] - start, "first_compile": ends[0][1], "steps": times, "cpu": cpu, "prompt_len": len(ids),
           "phases": {k: statistics.median(v) for k, v in phases.items() if v}}
 
 
@@ -248,15 +253,17 @@ def main() -> None:
       results[side].append(res)
       print(f"round {r + 1} {side:6s} step 1 {res['first']:6.2f}s ({'cold' if r == 0 else 'warm'} cache, compile "
             f"{res['first_compile']:.1f}s)  steady median {statistics.median(res['steps']):6.3f}s "
-            f"(min {min(res['steps']):.3f}; prompt {res['prompt_len']} tokens)  load {os.getloadavg()[0]:.2f}"
+            f"(min {min(res['steps']):.3f}; CPU {statistics.median(res['cpu']):.3f}s)  load {os.getloadavg()[0]:.2f}"
             + ("; phases " + ", ".join(f"{k} {v:.3f}s" for k, v in res["phases"].items()) if "phases" in res else ""),
             flush=True)
   print(f"\nsummary ({args.threads} thread(s) each side; load {os.getloadavg()})")
   median = {side: statistics.median([s for res in results[side] for s in res["steps"]]) for side in sides}
+  cpu = {side: statistics.median([s for res in results[side] for s in res["cpu"]]) for side in sides}
   for side in sides:
-    print(f"{side:6s} {median[side]:.3f}s/step (step 1 by round: {[round(res['first'], 2) for res in results[side]]})")
+    print(f"{side:6s} {median[side]:.3f}s/step, CPU {cpu[side]:.3f}s/step (prompt {results[side][0]['prompt_len']} "
+          f"tokens; step 1 by round: {[round(res['first'], 2) for res in results[side]]})")
   if len(sides) == 2:
-    print(f"Tunix / geojax = {median['tunix'] / median['geojax']:.2f}x")
+    print(f"Tunix / geojax = {median['tunix'] / median['geojax']:.2f}x wall, {cpu['tunix'] / cpu['geojax']:.2f}x CPU")
 
 
 if __name__ == "__main__":
