@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test lint bench bench-grpo clean
+.PHONY: run test lint bench bench-grpo bench-tunix clean
 
 $(VENV)/.core: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -31,12 +31,23 @@ $(VENV)/.bench: $(VENV)/.test setup.py
 	$(PY) -m pip install -q -e ".[test,bench]"
 	touch $@
 
-bench: $(VENV)/.bench
+# Tunix is no geojax dependency: its own venv (geojax + the tunix extra, the core's jax pins)
+TUNIX_VENV ?= .venv-tunix
+$(TUNIX_VENV)/.ready: setup.py
+	$(PYTHON) -m venv $(TUNIX_VENV)
+	$(TUNIX_VENV)/bin/python -m pip install -q -e ".[tunix]"
+	touch $@
+
+bench: $(VENV)/.bench $(TUNIX_VENV)/.ready
 	for s in scripts/bench_*.py; do $(PY) $$s || exit 1; done
 
 # geojax's GRPO step vs TRL's (BENCHMARKS.md: GRPO); ARGS="--threads 2" for both sides at 2 threads
 bench-grpo: $(VENV)/.bench
 	$(PY) scripts/bench_grpo.py $(ARGS)
 
+# geojax's GRPO step vs Tunix's on a toy text decoder (BENCHMARKS.md: GRPO); the measured processes run in TUNIX_VENV
+bench-tunix: $(VENV)/.bench $(TUNIX_VENV)/.ready
+	$(PY) scripts/bench_tunix.py --python $(TUNIX_VENV)/bin/python $(ARGS)
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(TUNIX_VENV) runs

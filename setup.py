@@ -49,6 +49,9 @@ EXTRAS = {
     # scripts/bench_grpo.py: TRL's GRPOTrainer on the same model as geojax's GRPO learner (TRL brings accelerate
     # and datasets); torch and transformers pinned as in test
     "bench": ["trl==1.16.0", "torch==2.13.0", "transformers==5.23.0"],
+    # scripts/bench_tunix.py: Tunix's GRPO learner, in a venv of its own (make bench-tunix: .venv-tunix) so that the
+    # test / bench venv keeps its packages; it runs under the core's jax pins
+    "tunix": ["google-tunix==0.1.7"],
     # `tensorboard --logdir runs/` to read the event files training writes (tensorboardX, in the core, writes them)
     "viz": ["tensorboard==2.21.0"],
     "tpu": ["jax[tpu]==0.10.2"],

@@ -112,7 +112,7 @@ def run_geojax(directory: str, steps: int, cache_dir: str) -> dict:
   import itertools
   import jax
   import numpy as np
-  from geojax import config as gconfig, experiment, runtime
+  from geojax import config as gconfig, experiment
   from geojax.data.mrope import rope_index
   from geojax.data.tokenizer import load_tokenizer
   from geojax.learners import GRPOLearner, RolloutSource, as_reward, policy_sampler
@@ -152,28 +152,39 @@ def run_geojax(directory: str, steps: int, cache_dir: str) -> dict:
       start = time.perf_counter()
       learner.train_step()
       times.append(time.perf_counter() - start)
-    phases = {k: [] for k in ("rollout", "reference", "host scoring", "update")}
-    for _ in range(steps):  # train_step's phases, each waited for
-      t0 = time.perf_counter()
-      sampled = learner.rollout.sample(learner.state["params"], learner.step)
-      jax.block_until_ready(sampled.tokens)
-      t1 = time.perf_counter()
-      ref = jax.block_until_ready(learner.reference.logprobs(sampled))
-      t2 = time.perf_counter()
-      rollout = learner.rollout.score(sampled)
-      advantages = np.where(rollout.example_rows(GROUP), learner.advantage(rollout, GROUP), 0.0).astype(np.float32)
-      from geojax.learners.rollout import rollout_metrics
-      rollout_metrics(rollout, GROUP, config.data.answer, learner.gaz)
-      t3 = time.perf_counter()
-      learner.state, metrics = learner.update(learner.state, sampled.prompt, sampled.tokens, sampled.lengths,
-                                              runtime.put_global(advantages, mesh), ref, sampled.logprobs,
-                                              *sampled.shape(GROUP))
-      jax.block_until_ready(metrics)
-      t4 = time.perf_counter()
-      for name, a, b in (("rollout", t0, t1), ("reference", t1, t2), ("host scoring", t2, t3), ("update", t3, t4)):
-        phases[name].append(b - a)
+    phases = phase_times(learner, steps, config, mesh)
   return {"first": first, "first_compile": first_compile, "steps": times,
-          "phases": {k: statistics.median(v) for k, v in phases.items()}, "prompt_len": int(ids.shape[1])}
+          "phases": phases, "prompt_len": int(ids.shape[1])}
+
+
+def phase_times(learner, steps: int, config, mesh) -> dict:
+  """Median seconds of train_step's phases over `steps` steps, each phase waited for (here only: the learner
+  itself never blocks between them)."""
+  import jax
+  import numpy as np
+  from geojax import runtime
+  from geojax.learners.rollout import rollout_metrics
+  group = learner.group
+  phases = {k: [] for k in ("rollout", "reference", "host scoring", "update")}
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    sampled = learner.rollout.sample(learner.state["params"], learner.step)
+    jax.block_until_ready(sampled.tokens)
+    t1 = time.perf_counter()
+    ref = jax.block_until_ready(learner.reference.logprobs(sampled))
+    t2 = time.perf_counter()
+    rollout = learner.rollout.score(sampled)
+    advantages = np.where(rollout.example_rows(group), learner.advantage(rollout, group), 0.0).astype(np.float32)
+    rollout_metrics(rollout, group, config.data.answer, learner.gaz)
+    t3 = time.perf_counter()
+    learner.state, metrics = learner.update(learner.state, sampled.prompt, sampled.tokens, sampled.lengths,
+                                            runtime.put_global(advantages, mesh), ref, sampled.logprobs,
+                                            *sampled.shape(group))
+    jax.block_until_ready(metrics)
+    t4 = time.perf_counter()
+    for name, a, b in (("rollout", t0, t1), ("reference", t1, t2), ("host scoring", t2, t3), ("update", t3, t4)):
+      phases[name].append(b - a)
+  return {k: statistics.median(v) for k, v in phases.items()}
 
 
 # ------------------------------------------------------------------------------------------------ TRL side

@@ -66,7 +66,8 @@ class ReferencePolicy:
 
   def _logprobs_fn(self, params, prompt, tokens, lengths, grid, prompt_len):
     seq = rollout_sequences(prompt, tokens, lengths, self.group)
-    return microbatched_logprobs(nnx.merge(self.graphdef, params, self.rest), seq, grid, prompt_len, self.n_micro)
+    return microbatched_logprobs(nnx.merge(self.graphdef, params, self.rest), seq, grid, prompt_len, self.n_micro,
+                                 self.group)
 
   def logprobs(self, sampled: Sampled) -> jax.Array:
     """[B*G, N] log-probs of the sampled completions (dispatched asynchronously)."""
@@ -176,7 +177,7 @@ class GRPOLearner(Learner):
 
   def loss(self, params, batch: dict, grid: tuple, prompt_len: int, counts: dict | None = None, step=0):
     gc = self.sc
-    lp = completion_logprobs(self.train_model(params, step), batch, grid, prompt_len)
+    lp = completion_logprobs(self.train_model(params, step), batch, grid, prompt_len, group=self.group)
     return grpo_loss(lp, batch.get("old_logprobs"), batch.get("ref_logprobs"), batch["advantages"],
                      batch["completion_mask"], loss=gc.loss, eps_low=gc.eps_low, eps_high=gc.eps_high, beta=gc.beta,
                      kl=gc.kl if gc.beta > 0 else None, agg=gc.agg, sampler_logprobs=batch.get("sampler_logprobs"),
@@ -202,7 +203,7 @@ class GRPOLearner(Learner):
     if n_mini * n_updates == 1:  # old = current: no extra pass, the loss of plain GRPO
       return self._step_fn(state, seq, grid, prompt_len)
     seq["old_logprobs"] = jax.lax.stop_gradient(microbatched_logprobs(self.model(state["params"]), seq, grid,
-                                                                      prompt_len, self.sc.grad_accum))
+                                                                      prompt_len, self.sc.grad_accum, self.group))
     minibatches = split_microbatches(seq, n_mini)
     step = state["step"]
 

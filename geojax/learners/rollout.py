@@ -82,7 +82,8 @@ class RolloutSource:
 
   def draw(self, params, batch: dict, key: jax.Array) -> Sampled:
     shards = getattr(self.loader, "row_shards", 1)
-    prompt = put_batch(batch, self.mesh, PROMPT_KEYS, shards=shards)
+    keys = [k for k in PROMPT_KEYS if batch.get(k) is not None]  # a text-only prompt has no pixel_values
+    prompt = put_batch(batch, self.mesh, keys, shards=shards)
     # rows split over processes: the sampler takes the global prompts (their grid for the joined batch)
     out = self.sampler(params, batch if shards == 1 else dict(prompt, image_grid_thw=joined_grid(batch, shards)),
                        key)
@@ -201,22 +202,27 @@ def rollout_sequences(prompt: dict, tokens: jax.Array, lengths: jax.Array, group
   completion_mask = (jnp.arange(n_new)[None, :] < lengths[:, None]).astype(jnp.int32)
   start = next_positions(pos, rows["attention_mask"])  # [B*G]
   new_pos = jnp.broadcast_to((start[:, None] + jnp.arange(n_new)[None, :])[None], (3,) + tokens.shape)
-  return {
+  seq = {
       "input_ids": jnp.concatenate([rows["input_ids"], tokens.astype(rows["input_ids"].dtype)], axis=1),
       "attention_mask": jnp.concatenate([rows["attention_mask"], completion_mask.astype(rows["attention_mask"].dtype)],
                                         axis=1),
       "position_ids": jnp.concatenate([pos, new_pos.astype(pos.dtype)], axis=2),
-      "pixel_values": prompt.get("pixel_values"),
       "completion_mask": completion_mask.astype(jnp.float32) * rows["example_mask"][:, None],
   }
+  if prompt.get("pixel_values") is not None:  # text prompts have none
+    seq["pixel_values"] = prompt["pixel_values"]
+  return seq
 
 
-def completion_logprobs(model, seq: dict, grid: tuple, prompt_len: int, chunk_size: int = 256) -> jax.Array:
+def completion_logprobs(model, seq: dict, grid: tuple, prompt_len: int, chunk_size: int = 256,
+                        group: int = 1) -> jax.Array:
   """[B*G, N] log-probabilities of the completion tokens of `seq` (rollout_sequences) under `model`.
 
   `grid` holds the image grids of the rows, each image's G times in a run (`Sampled.shape`). seq["pixel_values"] holds
   each prompt's image once (rollout_sequences), or once per row (then each row is its own prompt); G is read from
-  the shapes. The G rows of a prompt share it, so the prompt and its image run through the model once
+  the shapes; without images (text prompts) it is `group`, the rows of each prompt in `seq` (rollout_sequences
+  repeats each prompt G times; 1: every row its own prompt). The G rows of a prompt share it, so the prompt and its
+  image run through the model once
   (`QwenVL.prefix_hidden_states`: the same values as G full sequences, up to rounding), and the LM head runs on the
   completion positions only.
 
@@ -225,7 +231,7 @@ def completion_logprobs(model, seq: dict, grid: tuple, prompt_len: int, chunk_si
   """
   ids, mask, pos = seq["input_ids"], seq["attention_mask"], seq["position_ids"]
   pixels = seq.get("pixel_values")
-  group = _group_of(grid, pixels.shape[0]) if pixels is not None and grid else 1
+  group = _group_of(grid, pixels.shape[0]) if pixels is not None and grid else group
   hp, hn = model.prefix_hidden_states(ids[::group, :prompt_len], mask[::group, :prompt_len],
                                       pos[:, ::group, :prompt_len], pixels, grid[::group] if grid else None,
                                       ids[:, prompt_len:-1], mask[:, prompt_len:-1], pos[:, :, prompt_len:-1], group)
@@ -234,14 +240,15 @@ def completion_logprobs(model, seq: dict, grid: tuple, prompt_len: int, chunk_si
                           ids[:, prompt_len:], chunk_size=chunk_size, compute_dtype=model.dtype, checkpoint=False)
 
 
-def microbatched_logprobs(model, seq: dict, grid: tuple, prompt_len: int, n_micro: int) -> jax.Array:
+def microbatched_logprobs(model, seq: dict, grid: tuple, prompt_len: int, n_micro: int, group: int = 1) -> jax.Array:
   """completion_logprobs of `seq` in `n_micro` equal micro-batches one after another (a `jax.lax.map`), so that a
   forward-only pass (the reference policy, the old policy of several updates per rollout) holds one micro-batch's
-  activations, as the update does (grad_accum)."""
+  activations, as the update does (grad_accum). Each micro-batch holds whole groups (n_micro divides the prompts)."""
   if n_micro == 1:
-    return completion_logprobs(model, seq, grid, prompt_len)
+    return completion_logprobs(model, seq, grid, prompt_len, group=group)
   micro = split_microbatches(seq, n_micro)
-  out = jax.lax.map(lambda mb: completion_logprobs(model, mb, grid[:len(grid) // n_micro], prompt_len), micro)
+  out = jax.lax.map(lambda mb: completion_logprobs(model, mb, grid[:len(grid) // n_micro], prompt_len, group=group),
+                    micro)
   return out.reshape(-1, out.shape[-1])
 
 

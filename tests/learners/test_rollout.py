@@ -96,6 +96,29 @@ def test_completion_logprobs_equal_the_full_sequence_ones(tmp_path, builtin_dir)
   np.testing.assert_allclose(np.asarray(lp), np.asarray(full)[:, prompt_len - 1:], atol=1e-5)
 
 
+def test_text_prompts_run_once_per_group(tmp_path, builtin_dir):
+  """Text-only prompts (no pixel_values): with group=G each prompt runs once for its G rows; the log-probs are those
+  of a full pass over every row's whole sequence, with or without grad_accum micro-batches."""
+  mesh, model, _, _, _ = _tiny_prompts(tmp_path, builtin_dir, 1)
+  group, n_new, plen = 3, 6, 9
+  ids = jax.random.randint(jax.random.key(2), (2, plen), 0, model.config.text.vocab_size)
+  ids = jnp.where(ids == model.config.image_token_id, 0, ids)
+  pos = jnp.broadcast_to(jnp.arange(plen, dtype=jnp.int32), (3, 2, plen))
+  prompt = {"input_ids": ids, "attention_mask": jnp.ones((2, plen), jnp.int32), "position_ids": pos,
+            "example_mask": jnp.ones((2,), jnp.int32)}
+  tokens = jax.random.randint(jax.random.key(1), (2 * group, n_new), 0, model.config.text.vocab_size)
+  seq = learners.rollout_sequences(prompt, tokens, jnp.asarray([n_new, 2, n_new, 4, 1, n_new], jnp.int32), group)
+  full_ids = seq["input_ids"]
+  with jax.set_mesh(mesh):
+    full = token_logprobs(model, full_ids[:, :-1], full_ids[:, 1:], seq["attention_mask"][:, :-1],
+                          position_ids=seq["position_ids"][:, :, :-1], chunk_size=7)[:, plen - 1:]
+    once = learners.completion_logprobs(model, seq, (), plen, chunk_size=7, group=group)
+    micro = microbatched_logprobs(model, seq, (), plen, 2, group)
+  assert once.shape == micro.shape == (2 * group, n_new)
+  np.testing.assert_allclose(np.asarray(once), np.asarray(full), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(micro), np.asarray(full), atol=1e-5)
+
+
 def test_vision_once_per_prompt_equals_the_repeated_pixels(tmp_path, builtin_dir):
   """Each prompt (and its image) run once for its group: the log-probs and gradients of the path that runs every
   row's copy of the pixels and prompt (pixel_values repeated per row, as rollout_sequences gave them before)."""
