@@ -19,9 +19,11 @@ from geojax import experiment
 from geojax import plan as plan_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The tiny model at its smallest, so the four programs compile in seconds.
+# The tiny model at its smallest, so the four programs compile in seconds; with a KL term (the main job has none),
+# so that the reference program is planned too.
 TINY = ["model.tiny.num_layers=1", "model.tiny.vision_depth=1", "sft.batch_size=8", "grpo.batch_size=8",
-        "grpo.group_size=2", "grpo.max_new_tokens=4", "data.max_prompt_len=96", "sft.max_target_len=8"]
+        "grpo.group_size=2", "grpo.max_new_tokens=4", "data.max_prompt_len=96", "sft.max_target_len=8",
+        "grpo.beta=0.04"]
 
 
 def _config(overrides=()):
