@@ -1,9 +1,9 @@
 """The main job: a tiny Qwen2-VL-style model (random init) learns to geolocate the built-in map tiles.
 
 SFT on the answer text, then GRPO with a distance reward, then evaluation on the held-out split; the metric
-table is printed for the untrained model, after SFT and after GRPO. About 12.5 CPU-minutes (7.3 minutes wall) on a 2-core CPU
-(README: The main job). Its settings are the defaults of every key (geojax/config_schema.py, each with its
-reason); `--print_config` lists them.
+table is printed for the untrained model, after SFT and after GRPO. About 12.5 CPU-minutes (7.3 minutes wall)
+on a 2-core CPU (README: The main job). Its settings are the defaults of every key (geojax/config_schema.py,
+each with its reason); `--print_config` lists them.
 
   python -m geojax.train --config=configs/default.py            # the main job
   python -m geojax.train --config=configs/default.py:ci         # the whole path in ~1.5 CPU-minutes
