@@ -11,7 +11,7 @@ from flax import nnx
 
 from geojax import evaluation, experiment
 from geojax import export, runtime
-from geojax.data.batching import ExampleTransform
+from tests.eval.helpers import two_test_records
 from tests.train.helpers import DEFAULT_CONFIG, ROOT, tiny_config, tiny_overrides
 
 
@@ -58,12 +58,7 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path, builtin_dir, s
   config, path, model, tokenizer = stage_dir
   out = export.export(config, path, str(tmp_path / "hf"))
   hf = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()
-  records = experiment.load_records(config, "test")[:2]
-  transform = ExampleTransform(tokenizer, prompt="coords", mode="sft", answer="latlon", min_pixels=56 * 56,
-                               max_pixels=56 * 56)
-  batch = transform.collate([transform(r) for r in records])
-  ours = np.asarray(model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                          batch["image_grid_thw"], batch["position_ids"]))
+  batch, ours = two_test_records(config, tokenizer, model)
   with torch.no_grad():
     theirs = hf(input_ids=torch.as_tensor(batch["input_ids"], dtype=torch.long),
                 attention_mask=torch.as_tensor(batch["attention_mask"], dtype=torch.long),

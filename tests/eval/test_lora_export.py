@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from geojax import experiment, export, runtime
-from geojax.data.batching import ExampleTransform
 from geojax.models import lora, save_hf
+from tests.eval.helpers import two_test_records
 from tests.train.helpers import tiny_config
 
 peft = pytest.importorskip("peft")
@@ -42,12 +42,7 @@ def test_lora_export_merged_and_peft_adapter(tmp_path, builtin_dir):
     checkpoints.close()
   out = export.export(config, str(tmp_path / "run" / "grpo"), str(tmp_path / "hf"),
                       adapter_out=str(tmp_path / "adapter"))
-  records = experiment.load_records(config, "test")[:2]
-  transform = ExampleTransform(tokenizer, prompt="coords", mode="sft", answer="latlon", min_pixels=56 * 56,
-                               max_pixels=56 * 56)
-  batch = transform.collate([transform(r) for r in records])
-  ours = np.asarray(model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                          batch["image_grid_thw"], batch["position_ids"]))
+  batch, ours = two_test_records(config, tokenizer, model)
   keep = np.asarray(batch["attention_mask"], bool)
   merged = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()
   base = AutoModelForImageTextToText.from_pretrained(str(tmp_path / "base"), dtype=torch.float32)
