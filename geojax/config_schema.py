@@ -169,6 +169,12 @@ _SCHEMA: dict[str, Any] = {
             "fsdp": (1, "rollout devices on the fsdp axis (the decode rules shard no weight over it; rows split)"),
             "tensor": (1, "rollout devices splitting heads, MLP and vocabulary (-1: all remaining devices)"),
         },
+        "devices": (0, "devices of the rollouts' own (the last N; rollout.mesh lays them out, runtime.mesh the rest): "
+                       "with rollout.off_policy, rollouts sample beside the update instead of taking turns with it; "
+                       "needs rollout.layout 'decode' (0: rollouts run on the training devices)"),
+        "off_policy": (False, "one-step off-policy GRPO: rollout k+1 is sampled with the policy before update k, "
+                              "while update k runs, and each update's ratio is taken against the sampler's "
+                              "log-probs (False: on-policy, each rollout sampled by the policy it updates)"),
     },
     "eval": {
         "split": ("test", "split evaluated"),
@@ -290,6 +296,10 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
       raise ConfigError(f"config key 'rollout.mesh.{axis}' is {size!r}; expected a size >= 1 or -1")
   if list(c.rollout.mesh.values()).count(-1) > 1:
     raise ConfigError(f"config key 'rollout.mesh' is {dict(c.rollout.mesh)}: at most one axis may be -1")
+  check_range(c, "rollout.devices", 0)
+  if c.rollout.devices and c.rollout.layout != "decode":
+    raise ConfigError(f"config key 'rollout.devices' is {c.rollout.devices}: rollouts on devices of their own need "
+                      "rollout.layout 'decode' (the weights are cast and moved to them once per rollout)")
 
   m = c.model
   check_choice(c, "model.preset", ["tiny", *PRESETS])
@@ -401,6 +411,14 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
     raise ConfigError(f"config key 'grpo.mis_threshold' is {g.mis_threshold!r}: expected 0 (off) or > 1 (tokens "
                       "whose ratio is outside [1/t, t] are dropped)")
   check_choice(c, "grpo.mis_level", MIS_LEVELS)
+  if c.rollout.off_policy:
+    for key in ("grpo.tis_cap", "grpo.mis_threshold"):
+      if get(c, key):
+        raise ConfigError(f"config key '{key}' is {get(c, key)!r}: with rollout.off_policy the ratio is already taken "
+                          "against the sampler's log-probs, so there is no rollout/trainer gap left to correct")
+    if g.dynamic_sampling and g.max_rollouts > 1:
+      raise ConfigError("config key 'grpo.dynamic_sampling' is True: rollout.off_policy keeps one rollout ahead, "
+                        "which dynamic sampling (several batches chosen from) does not support")
   check_range(c, "grpo.max_rollouts", 1)
   check_choice(c, "grpo.combine", ("sum", "product"))
   if g.advantage in MULTI_REWARD_KINDS and g.combine != "sum":

@@ -26,14 +26,27 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 def setup_runtime(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """jax.distributed (when configured), matmul precision and the device mesh of the config."""
+  """jax.distributed (when configured), matmul precision and the device mesh of the config (the training devices:
+  all but the last rollout.devices)."""
   rc = config.runtime
   runtime.initialize(rc.coordinator_address, rc.num_processes, rc.process_id, rc.distributed)
   if rc.matmul_precision != "default":
     jax.config.update("jax_default_matmul_precision", rc.matmul_precision)
   if rc.get("compilation_cache_dir"):
     enable_compilation_cache(rc.compilation_cache_dir)
-  return runtime.make_mesh(dict(rc.mesh))
+  return runtime.make_mesh(dict(rc.mesh), device_split(config)[0])
+
+
+def device_split(config: ml_collections.ConfigDict) -> tuple[list, list]:
+  """(training devices, rollout devices) of config.rollout.devices (`runtime.split_devices`)."""
+  n = config.rollout.devices
+  if n and jax.process_count() > 1:
+    raise gconfig.ConfigError(f"config key 'rollout.devices' is {n}: rollout devices of their own are single-process "
+                              f"only ({jax.process_count()} processes here)")
+  try:
+    return runtime.split_devices(n)
+  except ValueError as e:
+    raise gconfig.ConfigError(f"config key 'rollout.devices' is {n}: {e}") from e
 
 
 def enable_compilation_cache(directory: str) -> None:

@@ -270,7 +270,7 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
   """The lowered programs of `config` on `target`'s devices (see the module docstring), and a description."""
   from flax import nnx
 
-  from geojax import experiment
+  from geojax import experiment, runtime
   from geojax.data.tokenizer import load_tokenizer
   from geojax.learners.grpo import GRPOLearner
   from geojax.learners.rollout import PROMPT_KEYS, rollout_shape
@@ -281,7 +281,8 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
   config = copy.deepcopy(config)
   config.workdir = tempfile.mkdtemp(prefix="geojax_plan_")  # the learners' (empty) checkpoint directories
   rc = config.runtime
-  mesh = make_mesh([rc.mesh.get(a, 1) for a in MESH_AXES], MESH_AXES, target.devices)
+  training, _ = runtime.split_devices(config.rollout.devices, target.devices)  # rollout.devices: the last N
+  mesh = make_mesh([rc.mesh.get(a, 1) for a in MESH_AXES], MESH_AXES, training)
   # a preset without hf_path: the published Qwen2 vocabulary
   tokenizer = load_tokenizer(config.model.tokenizer or config.model.hf_path or "qwen2")
   arch = reduce_depth(experiment.architecture(config, tokenizer), text_layers, vision_depth)
@@ -318,7 +319,7 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
         update = _with_rest(learner, learner._update_fn, ("grid", "prompt_len"), (0,))
         lowered = update.lower(learner.rest, state, prompt, tokens, lengths, abstract_rows(mesh, (rows,), np.float32),
                                logprobs if learner.reference is not None else None, logprobs, grid=grid,
-                               prompt_len=prompt_len)
+                               prompt_len=prompt_len, old_logprobs=logprobs if config.rollout.off_policy else None)
         out.append(Program("grpo_step", lowered, ref_bytes, time.time() - t0))
       if "reference" in rl and learner.reference is not None:
         t0 = time.time()
@@ -348,11 +349,14 @@ def _generate_program(model, params, config, tokenizer, batch: dict, target: Tar
   parameters and the example prompts: its first decode phase, the longest."""
   from flax import nnx
 
+  from geojax import runtime
   from geojax.learners.grpo import rollout_layout, rollout_sampler
   from geojax.models import lora
-  layout = rollout_layout(config, model, target.devices)
+  layout = rollout_layout(config, model, runtime.split_devices(config.rollout.devices, target.devices)[1])
   sampler = rollout_sampler(model if layout is None else layout.model, config.grpo, tokenizer)
-  if layout is not None:  # the training weights (a LoRA base and adapters) stay while their decoding copy samples
+  if config.rollout.devices:  # rollout chips of their own hold no training state
+    resident = 0
+  elif layout is not None:  # the training weights (a LoRA base and adapters) stay while their decoding copy samples
     resident += per_chip_bytes(nnx.state(model, nnx.Any(nnx.Param, lora.Frozen)))
   t0 = time.time()
   rng = jax.eval_shape(lambda: jax.random.key(0))  # abstract: no device, so no mesh of its own

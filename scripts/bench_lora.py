@@ -97,8 +97,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--variants", default="full,lora,qlora")
-  parser.add_argument("--sft_steps", type=int, default=1000)
-  parser.add_argument("--grpo_steps", type=int, default=100)
+  parser.add_argument("--sft_steps", type=int, default=1000, help="the main job's (configs/default.py)")
+  parser.add_argument("--grpo_steps", type=int, default=300, help="the main job's (configs/default.py)")
   parser.add_argument("--eval_examples", type=int, default=0, help="test examples evaluated (0: all 400)")
   parser.add_argument("--parallel", action="store_true", help="run the variants at the same time (a shared, busy "
                       "machine then slows them alike)")

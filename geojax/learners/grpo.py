@@ -17,6 +17,13 @@ One step, in order (JAX dispatch is asynchronous, so the host works while the de
   5. meanwhile on the host: the rollout's metrics; then the update's metrics are fetched. The step counter
      lives on the host, so nothing else waits on the device.
 
+One-step off-policy (rollout.off_policy): step k's rollout was sampled during update k-1 by the policy before that
+update, and right after dispatching update k the learner samples rollout k+1 from a snapshot of the policy before
+it (PolicySnapshot: the decode copy, taken before the update donates the parameters). On devices of its own
+(rollout.devices) the sampling runs beside the update instead of after it. The ratio's denominator is then the
+sampler's log-probabilities (the policy that sampled), and a checkpoint keeps the rollout sampled ahead with the
+loader's position before its batch, so a resumed run samples nothing twice and goes on exactly.
+
 Old log-probabilities (the ratio's denominator) are the trainer's own, at the parameters that sampled: with one
 update on the whole rollout they equal the policy's (ratio 1, no extra pass: the loss of plain GRPO); with more,
 one forward pass before the first update takes them, so the clip binds from the second update on. The sampler's
@@ -29,8 +36,9 @@ corrected by truncated or masked importance sampling (grpo.tis_cap, grpo.mis_thr
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,21 +95,37 @@ class GroupAdvantage:
                                         self.kind, eps=self.eps), np.float32)
 
 
+class PolicySnapshot(NamedTuple):
+  """The policy's parameters as the sampler reads them (cast and resharded for decoding, or a copy), taken before an
+  update that donates them: a one-step off-policy rollout samples from it while that update runs."""
+  params: Any
+
+
 def policy_sampler(model, gc: ml_collections.ConfigDict, tokenizer, layout: RolloutLayout | None = None,
                    mesh=None) -> Callable:
   """(params, batch, rng) -> GenerateResult: config.grpo's sampling settings on the policy's graph, or with a
-  `layout`, on the policy cast and resharded for decoding (once per rollout), the results put back on `mesh`."""
+  `layout`, on the policy cast and resharded for decoding (once per rollout), the results put back on `mesh`.
+  `sample.snapshot(params)` takes a PolicySnapshot that `sample` reads as it is; `sample.layout` is `layout`."""
   sampler = rollout_sampler(model if layout is None else layout.model, gc, tokenizer)
+
+  def snapshot(params) -> PolicySnapshot:
+    return PolicySnapshot(jax.tree.map(jnp.copy, params) if layout is None else layout(params))
 
   def sample(params, batch, rng):
     if layout is not None:  # the key (made on the training mesh) onto the rollout mesh: one mesh per program
       rng = jax.device_put(rng, jax.sharding.NamedSharding(layout.mesh, jax.sharding.PartitionSpec()))
-    out = sampler(params if layout is None else layout(params), batch["input_ids"], batch["attention_mask"],
-                  batch["pixel_values"], batch["image_grid_thw"], position_ids=batch["position_ids"], rng=rng)
+    if isinstance(params, PolicySnapshot):
+      params = params.params
+    elif layout is not None:
+      params = layout(params)
+    with contextlib.nullcontext() if layout is None else jax.set_mesh(layout.mesh):  # its programs on its devices
+      out = sampler(params, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                    batch["image_grid_thw"], position_ids=batch["position_ids"], rng=rng)
     if layout is None or mesh is None or layout.mesh == mesh:
       return out
     return rows_to_mesh(out, mesh)
 
+  sample.snapshot, sample.layout = snapshot, layout
   return sample
 
 
@@ -113,11 +137,13 @@ def rollout_sampler(model, gc: ml_collections.ConfigDict, tokenizer) -> Sampler:
 
 
 def rollout_layout(config: ml_collections.ConfigDict, model, devices=None) -> RolloutLayout | None:
-  """config.rollout's decode layout for `model` over `devices` (default all; None when rollout.layout is
-  train)."""
-  from geojax.experiment import DTYPES
+  """config.rollout's decode layout for `model` over `devices` (default: the rollout's, all devices or the last
+  rollout.devices; None when rollout.layout is train)."""
+  from geojax.experiment import DTYPES, device_split
   if config.rollout.layout != "decode":
     return None
+  if devices is None:
+    devices = device_split(config)[1]
   try:
     mesh = runtime.make_mesh(dict(config.rollout.mesh), devices)
   except ValueError as e:
@@ -144,8 +170,12 @@ class GRPOLearner(Learner):
       gaz = Gazetteer.load()
     self.gaz = gaz
     self._step: int | None = None  # see `step`
-    # update(state, prompt, tokens, lengths, advantages, ref_logprobs, sampler_logprobs, grid, prompt_len)
-    #   -> (state, metrics): the policy update on one scored rollout (jitted, donates state)
+    # rollout.off_policy: the next step's rollout, sampled while this step's update ran, and the loader's position
+    # before its batch (where a checkpoint taken now resumes, the rollout's completions saved with it)
+    self._pending: Sampled | None = None
+    self._pending_data = None
+    # update(state, prompt, tokens, lengths, advantages, ref_logprobs, sampler_logprobs, grid, prompt_len,
+    #        old_logprobs=None) -> (state, metrics): the policy update on one scored rollout (jitted, donates state)
     self.update = jax.jit(self._update_fn, static_argnames=("grid", "prompt_len"), donate_argnums=(0,))
 
   @property
@@ -192,18 +222,22 @@ class GRPOLearner(Learner):
     loss, metrics, grads = accumulate_grads(loss_fn, state["params"], batch, n_micro, shares=True)
     return apply_update(self.tx, state, grads, loss, metrics)
 
-  def _update_fn(self, state, prompt, tokens, lengths, advantages, ref_logprobs, sampler_logprobs, grid, prompt_len):
+  def _update_fn(self, state, prompt, tokens, lengths, advantages, ref_logprobs, sampler_logprobs, grid, prompt_len,
+                 old_logprobs=None):
     seq = rollout_sequences(prompt, tokens, lengths, self.group)
     seq["advantages"] = advantages
     if ref_logprobs is not None:
       seq["ref_logprobs"] = ref_logprobs
     if sampler_logprobs is not None:
       seq["sampler_logprobs"] = sampler_logprobs
+    if old_logprobs is not None:  # off-policy: the policy that sampled is not the one updated
+      seq["old_logprobs"] = old_logprobs
     n_mini, n_updates = self.sc.minibatches, self.sc.updates_per_rollout
-    if n_mini * n_updates == 1:  # old = current: no extra pass, the loss of plain GRPO
+    if n_mini * n_updates == 1:  # on-policy, old = current: no extra pass, the loss of plain GRPO
       return self._step_fn(state, seq, grid, prompt_len)
-    seq["old_logprobs"] = jax.lax.stop_gradient(microbatched_logprobs(self.model(state["params"]), seq, grid,
-                                                                      prompt_len, self.sc.grad_accum, self.group))
+    if old_logprobs is None:
+      seq["old_logprobs"] = jax.lax.stop_gradient(microbatched_logprobs(self.model(state["params"]), seq, grid,
+                                                                        prompt_len, self.sc.grad_accum, self.group))
     minibatches = split_microbatches(seq, n_mini)
     step = state["step"]
 
@@ -217,17 +251,27 @@ class GRPOLearner(Learner):
     return dict(state, step=step + 1), metrics  # one learner step, however many optimizer updates
 
   def train_step(self) -> dict[str, float]:
-    # 1-3: sample on the current policy, dispatch the reference pass, score on the host meanwhile
-    sampled = self.rollout.sample(self.state["params"], self.step)
+    off_policy = self.config.rollout.off_policy
+    # 1-3: sample on the current policy (off-policy: take the rollout sampled during the last update), dispatch the
+    # reference pass, score on the host meanwhile
+    sampled, self._pending = self._pending or self.rollout.sample(self.state["params"], self.step), None
+    if off_policy and sampled.logprobs is None:
+      raise ValueError("rollout.off_policy takes the ratio against the sampler's log-probs; this sampler gives none")
     ref_logprobs = self.reference.logprobs(sampled) if self.reference is not None else None
     rollout = self.rollout.score(sampled)
     example = rollout.example_rows(self.group)
     advantages = np.where(example, self.advantage(rollout, self.group), 0.0).astype(np.float32)
+    # off-policy: the parameters the next rollout samples from, taken before the update donates them
+    snapshot = self.rollout.snapshot(self.state["params"]) if off_policy else None
     # 4. the update(s)
+    old_logprobs = sampled.logprobs if off_policy else None
     self.state, metrics = self.update(self.state, sampled.prompt, sampled.tokens, sampled.lengths,
                                        runtime.put_global(advantages, self.mesh), ref_logprobs, sampled.logprobs,
-                                       *sampled.shape(self.group))
+                                       *sampled.shape(self.group), old_logprobs=old_logprobs)
     self._step = self.step + 1  # the update's own count, known without waiting for it
+    if off_policy and self._step < self.sc.steps:  # the next step's rollout, sampled while the update runs
+      self._pending_data = self.loader.get_state()
+      self._pending = self.rollout.sample(snapshot, self._step)
     # 5. the host's metrics while the update runs, then the update's
     host = rollout_metrics(rollout, self.group, self.config.data.answer, self.gaz)
     host.update(self.rollout.info())
@@ -241,6 +285,25 @@ class GRPOLearner(Learner):
       self._step = int(self.state["step"])
     return self._step
 
+  def extra_state(self) -> dict:
+    if self._pending is None:
+      return {}
+    pending = {"tokens": self._pending.tokens, "lengths": self._pending.lengths, "logprobs": self._pending.logprobs}
+    return {"pending": pending}
+
+  def data_state(self):
+    return self._pending_data if self._pending is not None else self.loader.get_state()
+
   def restore(self) -> bool:
-    self._step = None
-    return super().restore()
+    self._step, self._pending = None, None
+    if not super().restore():
+      return False
+    latest = self.checkpoints.latest_step()
+    if self.config.rollout.off_policy and self.checkpoints.has_item(latest, "pending"):
+      rows, n = self.sc.batch_size * self.group, self.sc.max_new_tokens
+      template = {name: runtime.put_global(np.zeros(shape, dtype), self.mesh) for name, shape, dtype in
+                  (("tokens", (rows, n), np.int32), ("lengths", (rows,), np.int32),
+                   ("logprobs", (rows, n), np.float32))}
+      restored, _, _ = self.checkpoints.restore({"pending": template}, latest, data=False)
+      self._pending = self.rollout.replay(**restored["pending"])
+    return True

@@ -85,9 +85,17 @@ class Learner:
     return True
 
   def save(self, record: dict) -> None:
-    self.checkpoints.save(self.step, {"params": self.state["params"],
-                                      "train": {"opt_state": self.state["opt_state"], "step": self.state["step"]}},
-                          data_state=self.loader.get_state(), record=record)
+    items = {"params": self.state["params"],
+             "train": {"opt_state": self.state["opt_state"], "step": self.state["step"]}, **self.extra_state()}
+    self.checkpoints.save(self.step, items, data_state=self.data_state(), record=record)
+
+  def extra_state(self) -> dict:
+    """Named array trees a learner saves beside its train state (restored by its own `restore`)."""
+    return {}
+
+  def data_state(self):
+    """The loader position a checkpoint resumes from."""
+    return self.loader.get_state()
 
   # ---------------------------------------------------------------- training
   def train_step(self) -> dict[str, float]:

@@ -80,10 +80,14 @@ class RolloutSource:
     self.loader, self.sampler, self.rewards, self.tokenizer = loader, sampler, rewards, tokenizer
     self.group, self.key, self.mesh = group, key, mesh
 
-  def draw(self, params, batch: dict, key: jax.Array) -> Sampled:
+  def _prompt(self, batch: dict) -> tuple[dict, int]:
+    """`batch`'s prompts on the mesh, and the processes whose batches join into them."""
     shards = getattr(self.loader, "row_shards", 1)
     keys = [k for k in PROMPT_KEYS if batch.get(k) is not None]  # a text-only prompt has no pixel_values
-    prompt = put_batch(batch, self.mesh, keys, shards=shards)
+    return put_batch(batch, self.mesh, keys, shards=shards), shards
+
+  def draw(self, params, batch: dict, key: jax.Array) -> Sampled:
+    prompt, shards = self._prompt(batch)
     # rows split over processes: the sampler takes the global prompts (their grid for the joined batch)
     out = self.sampler(params, batch if shards == 1 else dict(prompt, image_grid_thw=joined_grid(batch, shards)),
                        key)
@@ -91,6 +95,19 @@ class RolloutSource:
 
   def sample(self, params, step: int) -> Sampled:
     return self.draw(params, next(self.loader), jax.random.fold_in(self.key, step))
+
+  def snapshot(self, params):
+    """`params` as `sample` reads them, safe from an update that donates them (`grpo.PolicySnapshot`; a copy for a
+    sampler without `snapshot`)."""
+    take = getattr(self.sampler, "snapshot", None)
+    return take(params) if take is not None else jax.tree.map(jnp.copy, params)
+
+  def replay(self, tokens: jax.Array, lengths: jax.Array, logprobs: jax.Array | None) -> Sampled:
+    """The loader's next batch with completions sampled for it before a checkpoint (a one-step off-policy run
+    resuming): the prompts are read again, the completions are the saved ones."""
+    batch = next(self.loader)
+    prompt, shards = self._prompt(batch)
+    return Sampled(batch, prompt, tokens, lengths, logprobs, shards=shards)
 
   def score(self, sampled: Sampled) -> Rollout:
     if sampled.scored is not None:

@@ -107,6 +107,10 @@ class Checkpointer:
     data_state = decode_data_state(restored["data"].state) if has_data else None
     return {name: restored[name] for name in templates}, data_state, dict(restored["record"])
 
+  def has_item(self, step: int, name: str) -> bool:
+    """Whether complete checkpoint `step` holds the item `name`."""
+    return os.path.isdir(os.path.join(self.directory, str(step), name))
+
   def wait(self) -> None:
     """Blocks until the background save (if any) is complete on disk."""
     self._manager.wait_until_finished()

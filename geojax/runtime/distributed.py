@@ -65,6 +65,19 @@ def make_mesh(axes: Mapping[str, int], devices=None) -> Mesh:
                        devices=devices)
 
 
+def split_devices(rollout_devices: int, devices=None) -> tuple[list, list]:
+  """(training devices, rollout devices): the last `rollout_devices` of `devices` (default all) sample rollouts
+  beside the training mesh, which takes the rest; with 0 both are every device (rollouts take turns with training).
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  n = int(rollout_devices)
+  if n == 0:
+    return devices, devices
+  if not 0 < n < len(devices):
+    raise ValueError(f"{n} rollout devices leave none of the {len(devices)} devices to training")
+  return devices[:-n], devices[-n:]
+
+
 def put_global(tree, mesh: Mesh, batch_axes: tuple[str, ...] = ("data", "fsdp")):
   """Places host numpy arrays that every process holds in full onto `mesh`.
 
