@@ -108,6 +108,8 @@ def main() -> None:
   parser.add_argument("--out", default="")
   args = parser.parse_args()
   if args.child:
+    from geojax.runtime.numerics import pin_cpu_numerics
+    pin_cpu_numerics()  # as `python -m geojax.train` does: the full variant's table is the main job's
     with open(args.out, "w") as f:
       json.dump(child(args.child, args), f)
     return
