@@ -82,6 +82,17 @@ def test_plan_cpu_generate(layout):
     assert r["collectives"]["all-reduce"] > 0  # tensor parallel: partial sums of the row-split matmuls
 
 
+def test_plan_rollout_devices_of_their_own():
+  """rollout.devices=4 of 8: the training programs are planned on the first 4 devices (the mesh has 4), the rollout
+  on the other 4, where no training state stays resident; the off-policy update takes the sampler's log-probs."""
+  config = _config(["rollout.off_policy=True", "rollout.layout=decode", "rollout.devices=4", "rollout.mesh.tensor=4"])
+  summary = plan_lib.plan(config, plan_lib.cpu_target(8), ["grpo_step", "generate"])
+  assert summary["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+  r = summary["programs"]
+  assert r["generate"]["resident_gib"] == 0 and r["generate"]["collectives"]["all-reduce"] > 0
+  assert r["grpo_step"]["per_chip_gib"] > 0 and summary["fits"]
+
+
 def test_plan_lora():
   """A QLoRA (nf4) config plans: the model is built abstract with its adapters and quantized base; the reference is
   the shared base with a copy of the adapters (all the GRPO update keeps resident; replicated on the data mesh: 4
