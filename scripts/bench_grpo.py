@@ -233,10 +233,13 @@ def child(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def measure(side: str, directory: str, args, cache_dir: str) -> dict:
+def measure(side: str, directory: str, args, cache_dir: str, script: str = __file__,
+            python: str = sys.executable) -> dict:
+  """One side's figures from a fresh process (`python script --child side ...`, this bench's or bench_tunix's),
+  with the stated thread settings: its last RESULT line."""
   env = dict(os.environ, **thread_settings(args.threads), PYTHONPATH=ROOT)
-  cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--dir", directory, "--threads",
-         str(args.threads), "--steps", str(args.steps), "--cache-dir", cache_dir]
+  cmd = [python, os.path.abspath(script), "--child", side, "--dir", directory, "--threads", str(args.threads),
+         "--steps", str(args.steps), "--cache-dir", cache_dir]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True)
   lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
   if out.returncode or not lines:

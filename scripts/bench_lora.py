@@ -4,6 +4,7 @@ memory plans.
     python scripts/bench_lora.py                                  # full, lora (rank 16), qlora (rank 16, nf4)
     python scripts/bench_lora.py --sft_steps 100 --grpo_steps 10 --eval_examples 100 --parallel  # shorter
     python scripts/bench_lora.py --plan_only                      # only the 7B memory plans
+    python scripts/bench_lora.py --base sft --lora_lr_scale 10    # after the first: GRPO from the full SFT model
 
 Each variant is a fresh process running `geojax.train.train` on the same config apart from model.lora.*: trainable
 parameters, optimizer-state and last-checkpoint bytes, median step time of each stage (steps after the first, which
@@ -38,6 +39,12 @@ def child(variant: str, args) -> dict:
                "grpo.steps": args.grpo_steps, "eval.num_examples": args.eval_examples, "log.progress": False,
                "log.tensorboard": False,
                "eval_before": False, **VARIANTS[variant]}
+  if VARIANTS[variant] and args.lora_lr_scale != 1:
+    base = gconfig.load(os.path.join(ROOT, "configs", "default.py"))
+    overrides.update({f"{stage}.lr": base[stage].lr * args.lora_lr_scale for stage in ("sft", "grpo")})
+  if args.base == "sft":  # GRPO only, from full fine-tuning's SFT model (exported by the parent)
+    overrides.update({"stages": ("grpo",), "model.hf_path": os.path.join(args.workdir, "sft_hf"),
+                      "eval_before": True})
   config = gconfig.load(os.path.join(ROOT, "configs", "default.py"), [f"{k}={v}" for k, v in overrides.items()])
   times: dict[str, list[float]] = {"sft": [], "grpo": []}
   sizes: dict[str, int] = {}
@@ -72,6 +79,19 @@ def child(variant: str, args) -> dict:
           "results": results}
 
 
+def export_sft(workdir: str) -> str:
+  """Full fine-tuning's SFT model (<workdir>/full/sft) as a Hugging Face directory, <workdir>/sft_hf."""
+  from geojax import config as gconfig
+  from geojax.export import export
+  from geojax.runtime.numerics import pin_cpu_numerics
+  pin_cpu_numerics()
+  out = os.path.join(workdir, "sft_hf")
+  if not os.path.exists(os.path.join(out, "config.json")):
+    config = gconfig.load(os.path.join(ROOT, "configs", "default.py"), [f"workdir={os.path.join(workdir, 'full')}"])
+    export(config, os.path.join(workdir, "full", "sft"), out)
+  return out
+
+
 def plans() -> str:
   """The 7B recipes' per-chip memory: full fine-tuning, LoRA rank 16, QLoRA rank 16 (nf4)."""
   from geojax.models.memory import format_lora_plans
@@ -81,13 +101,13 @@ def plans() -> str:
 def table(rows: list[dict]) -> str:
   full = rows[0]
   ratio = lambda r, k: f" ({r[k] / full[k]:.2f}x)" if full.get(k) and r.get(k) else ""
+  ms = lambda s: "-" if s is None else f"{s * 1e3:.0f} ms"  # noqa: E731 (no SFT stage from an SFT base)
   lines = ["| variant | trainable params | optimizer state | checkpoint | SFT step | GRPO step | peak RSS | wall |",
            "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['variant']} | {r['trainable']:,}{ratio(r, 'trainable')} | "
                  f"{r['opt_state_bytes'] / 2**20:.2f} MiB | {r['checkpoint_bytes'] / 2**20:.2f} MiB | "
-                 f"{r['sft_step_s'] * 1e3:.0f} ms{ratio(r, 'sft_step_s')} | "
-                 f"{r['grpo_step_s'] * 1e3:.0f} ms{ratio(r, 'grpo_step_s')} | "
+                 f"{ms(r['sft_step_s'])}{ratio(r, 'sft_step_s')} | {ms(r['grpo_step_s'])}{ratio(r, 'grpo_step_s')} | "
                  f"{r['peak_rss_mib']:.0f} MiB{ratio(r, 'peak_rss_mib')} | {r['wall_s']:.0f} s |")
   from geojax.geo import format_table
   lines += ["", format_table({f"{r['variant']}: {label}": m for r in rows for label, m in r["results"].items()})]
@@ -102,6 +122,13 @@ def main() -> None:
   parser.add_argument("--eval_examples", type=int, default=0, help="test examples evaluated (0: all 400)")
   parser.add_argument("--parallel", action="store_true", help="run the variants at the same time (a shared, busy "
                       "machine then slows them alike)")
+  parser.add_argument("--base", choices=("scratch", "sft"), default="scratch",
+                      help="scratch: each variant runs SFT -> GRPO from the tiny model's random init (the main job); "
+                           "sft: GRPO only, each variant starting from full fine-tuning's SFT model (exported from "
+                           "<workdir>/full/sft, which a scratch run of the same workdir leaves), as LoRA is used on "
+                           "a trained model")
+  parser.add_argument("--lora_lr_scale", type=float, default=1.0,
+                      help="the LoRA variants' learning rates as a multiple of full fine-tuning's")
   parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench_lora"))
   parser.add_argument("--plan_only", action="store_true")
   parser.add_argument("--child", default="")
@@ -118,7 +145,11 @@ def main() -> None:
     variants = args.variants.split(",")
     outs = [os.path.join(args.workdir, f"{v}.json") for v in variants]
     common = ["--sft_steps", str(args.sft_steps), "--grpo_steps", str(args.grpo_steps), "--eval_examples",
-              str(args.eval_examples), "--workdir", args.workdir]
+              str(args.eval_examples), "--workdir", args.workdir, "--base", args.base, "--lora_lr_scale",
+              str(args.lora_lr_scale)]
+    if args.base == "sft":
+      export_sft(args.workdir)
+    outs = [out.replace(".json", f"_{args.base}.json") for out in outs]
     procs = []
     for variant, out in zip(variants, outs):
       procs.append(subprocess.Popen([sys.executable, __file__, "--child", variant, "--out", out, *common]))
@@ -130,8 +161,9 @@ def main() -> None:
     for out in outs:
       with open(out) as f:
         rows.append(json.load(f))
-    print(f"\nmain job, sft.steps={args.sft_steps}, grpo.steps={args.grpo_steps}, eval.num_examples="
-          f"{args.eval_examples}{', variants in parallel' if args.parallel else ''}\n{table(rows)}")
+    print(f"\nmain job, base {args.base}, sft.steps={args.sft_steps}, grpo.steps={args.grpo_steps}, "
+          f"eval.num_examples={args.eval_examples}, LoRA learning rates x{args.lora_lr_scale:g}"
+          f"{', variants in parallel' if args.parallel else ''}\n{table(rows)}")
   print(f"\n{plans()}")
 
 

@@ -34,13 +34,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_grpo import BETA, GROUP, NEW_TOKENS, QUESTION, ROOT, SIZE, phase_times, prepare, thread_settings  # noqa: E402
+from bench_grpo import (BETA, GROUP, NEW_TOKENS, QUESTION, ROOT, SIZE, measure, phase_times, prepare,  # noqa: E402
+                        thread_settings)
 
 VOCAB, LR = 2048, 1e-4
 
@@ -211,17 +211,6 @@ def child(args) -> None:
   print("RESULT " + json.dumps(run(args.dir, args.steps, args.cache_dir)), flush=True)
 
 
-def measure(side: str, directory: str, args, cache_dir: str) -> dict:
-  env = dict(os.environ, **thread_settings(args.threads), PYTHONPATH=ROOT)
-  cmd = [args.python, os.path.abspath(__file__), "--child", side, "--dir", directory, "--threads", str(args.threads),
-         "--steps", str(args.steps), "--cache-dir", cache_dir]
-  out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-  lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-  if out.returncode or not lines:
-    raise RuntimeError(f"{side} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}")
-  return json.loads(lines[-1][len("RESULT "):])
-
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   venv = os.path.join(ROOT, ".venv-tunix", "bin", "python")  # make bench-tunix's
@@ -249,7 +238,7 @@ def main() -> None:
   results = {side: [] for side in sides}
   for r in range(args.rounds):
     for side in (sides if r % 2 == 0 else sides[::-1]):
-      res = measure(side, directory, args, caches[side])
+      res = measure(side, directory, args, caches[side], script=__file__, python=args.python)
       results[side].append(res)
       print(f"round {r + 1} {side:6s} step 1 {res['first']:6.2f}s ({'cold' if r == 0 else 'warm'} cache, compile "
             f"{res['first_compile']:.1f}s)  steady median {statistics.median(res['steps']):6.3f}s "
