@@ -35,7 +35,8 @@ def child(variant: str, args) -> dict:
   from geojax import train
   from geojax.learners import GRPOLearner, SFTLearner
 
-  overrides = {"workdir": os.path.join(args.workdir, variant), "sft.steps": args.sft_steps,
+  workdir = os.path.join(args.workdir, run_name(variant, args))
+  overrides = {"workdir": workdir, "sft.steps": args.sft_steps,
                "grpo.steps": args.grpo_steps, "eval.num_examples": args.eval_examples, "log.progress": False,
                "log.tensorboard": False,
                "eval_before": False, **VARIANTS[variant]}
@@ -77,6 +78,12 @@ def child(variant: str, args) -> dict:
           "grpo_step_s": statistics.median(times["grpo"][1:]) if len(times["grpo"]) > 1 else None,
           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "wall_s": wall,
           "results": results}
+
+
+def run_name(variant: str, args) -> str:
+  """A variant's directory (and results file) name in --workdir: one per base and LoRA learning-rate scale."""
+  name = variant if args.base == "scratch" else f"{variant}_from_sft"
+  return name if args.lora_lr_scale == 1 else f"{name}_lr{args.lora_lr_scale:g}x"
 
 
 def export_sft(workdir: str) -> str:
@@ -143,13 +150,12 @@ def main() -> None:
   if not args.plan_only:
     os.makedirs(args.workdir, exist_ok=True)
     variants = args.variants.split(",")
-    outs = [os.path.join(args.workdir, f"{v}.json") for v in variants]
     common = ["--sft_steps", str(args.sft_steps), "--grpo_steps", str(args.grpo_steps), "--eval_examples",
               str(args.eval_examples), "--workdir", args.workdir, "--base", args.base, "--lora_lr_scale",
               str(args.lora_lr_scale)]
     if args.base == "sft":
       export_sft(args.workdir)
-    outs = [out.replace(".json", f"_{args.base}.json") for out in outs]
+    outs = [os.path.join(args.workdir, f"{run_name(v, args)}.json") for v in variants]
     procs = []
     for variant, out in zip(variants, outs):
       procs.append(subprocess.Popen([sys.executable, __file__, "--child", variant, "--out", out, *common]))
