@@ -396,9 +396,15 @@ def _cost(compiled) -> dict:
 
 
 def compile_program(program: Program, target: Target) -> dict:
-  """Compiles a lowered program; its per-chip memory, FLOPs, roofline time, compile seconds and collectives."""
+  """Compiles a lowered program; its per-chip memory, FLOPs, roofline time, compile seconds and collectives. A
+  program the compiler refuses for want of memory is reported (`over_hbm`) with the temporaries it asked for."""
   t0, cpu0 = time.time(), time.process_time()
-  compiled = program.lowered.compile()
+  try:
+    compiled = program.lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return _over_hbm(program, str(e), time.time() - t0, time.process_time() - cpu0)
   compile_s, compile_cpu_s = time.time() - t0, time.process_time() - cpu0  # CPU seconds: steadier on a busy host
   m = compiled.memory_analysis()
   args, outs, alias, temp = (m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes,
@@ -415,6 +421,19 @@ def compile_program(program: Program, target: Target) -> dict:
           "bytes_accessed": nbytes, "roofline_s": roofline, "lower_s": program.lower_s, "compile_s": compile_s,
           "compile_cpu_s": compile_cpu_s,
           "collectives": collective_counts(compiled.as_text() or "")}
+
+
+def _over_hbm(program: Program, message: str, compile_s: float, compile_cpu_s: float) -> dict:
+  """The row of a program the TPU compiler refused ("Ran out of memory on HBM ... HLO temporaries (32.62G)"): its
+  temporaries as the compiler states them, the rest unknown (NaN), and at least temporaries + resident in all."""
+  found = re.search(r"temporaries \(([\d.]+)([KMGT])\)", message)
+  temp = float(found.group(1)) * 1024 ** "KMGT".index(found.group(2)) / 1024 ** 2 if found else math.nan
+  nan = math.nan
+  return {"argument_gib": nan, "output_gib": nan, "temp_gib": temp, "resident_gib": program.resident / GIB,
+          "per_chip_gib": temp + program.resident / GIB if found else math.inf, "flops": nan,
+          "bytes_accessed": nan, "roofline_s": None, "lower_s": program.lower_s, "compile_s": compile_s,
+          "compile_cpu_s": compile_cpu_s, "collectives": dict.fromkeys(COLLECTIVES, 0),
+          "over_hbm": message.strip().splitlines()[0]}
 
 
 def format_table(results: dict[str, dict], hbm_gib: float) -> str:
@@ -456,6 +475,8 @@ def plan(config: ml_collections.ConfigDict, target: Target, programs=None, **bui
   results = {}
   for program in sorted(lowered, key=lambda p: COMPILE_ORDER.index(p.name)):
     r = results[program.name] = compile_program(program, target)
+    if "over_hbm" in r:
+      print(f"[plan] {program.name}: does not fit, the compiler refused it: {r['over_hbm']}", flush=True)
     print(f"[plan] {program.name}: {r['per_chip_gib']:.2f} GiB per chip, compiled in {r['compile_s']:.1f}s "
           f"({r['compile_cpu_s']:.0f} CPU-s) {json.dumps(r)}", flush=True)
   results = {name: results[name] for name in PROGRAMS if name in results}

@@ -108,6 +108,22 @@ def test_plan_lora():
   assert r["generate"]["collectives"]["all-reduce"] > 0 and summary["fits"]  # tensor parallel over 4
 
 
+def test_a_program_the_compiler_refuses_is_reported_not_raised():
+  """The TPU compiler refuses a program whose temporaries exceed HBM (a Geo-R update on 24 of 32 v5e chips, whose 64
+  rows 24 does not divide, asked for 32.62G): the plan reports it as not fitting instead of stopping."""
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (32.62G) "
+             "exceeds available HBM (15.75G).")
+
+  class Refused:
+    def compile(self):
+      raise jax.errors.JaxRuntimeError(message)
+
+  program = plan_lib.Program("grpo_step", Refused(), resident=2 * plan_lib.GIB, lower_s=1.0)
+  r = plan_lib.compile_program(program, plan_lib.cpu_target(8))
+  assert r["temp_gib"] == 32.62 and r["per_chip_gib"] == 34.62 and r["over_hbm"].startswith("RESOURCE_EXHAUSTED")
+  assert "| grpo_step" in plan_lib.format_table({"grpo_step": r}, 16.0)
+
+
 def test_collective_counts():
   hlo = """
   %all-gather-start.1 = (f32[4], f32[16]) all-gather-start(f32[4] %p), replica_groups={{0,1,2,3}}
