@@ -402,6 +402,9 @@ def compile_program(program: Program, target: Target) -> dict:
   try:
     compiled = program.lowered.compile()
   except jax.errors.JaxRuntimeError as e:
+    if "should include all slice devices" in str(e):  # v5e: no program on part of a slice
+      raise gconfig.ConfigError(f"config key 'rollout.devices': the TPU compiler for {target.name} refuses the "
+                                f"{program.name} program on part of the slice: {str(e).splitlines()[0]}") from None
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     return _over_hbm(program, str(e), time.time() - t0, time.process_time() - cpu0)

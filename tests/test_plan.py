@@ -124,6 +124,23 @@ def test_a_program_the_compiler_refuses_is_reported_not_raised():
   assert "| grpo_step" in plan_lib.format_table({"grpo_step": r}, 16.0)
 
 
+def test_a_program_on_part_of_a_v5e_slice_is_refused_by_name():
+  """v5e's compiler refuses a program on some of a slice's chips (rollout.devices on v5e:4x8): a config error naming
+  the key, not a traceback."""
+  message = ("INTERNAL: RET_CHECK failure (platforms/xla/service/jellyfish/deepsea_compiler_base.cc:1879) "
+             "device_count == target.Topology()->LogicalDeviceCount() On platforms with limited ICI routing device "
+             "assignment should include all slice devices")
+
+  class Refused:
+    def compile(self):
+      raise jax.errors.JaxRuntimeError(message)
+
+  program = plan_lib.Program("grpo_step", Refused(), resident=0, lower_s=1.0)
+  with pytest.raises(gconfig.ConfigError, match=r"'rollout.devices': the TPU compiler for cpu:8 refuses the "
+                                                r"grpo_step program on part of the slice"):
+    plan_lib.compile_program(program, plan_lib.cpu_target(8))
+
+
 def test_collective_counts():
   hlo = """
   %all-gather-start.1 = (f32[4], f32[16]) all-gather-start(f32[4] %p), replica_groups={{0,1,2,3}}
