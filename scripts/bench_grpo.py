@@ -109,19 +109,13 @@ def processor_batch(directory: str):
 
 # ------------------------------------------------------------------------------------------------ geojax side
 def run_geojax(directory: str, steps: int, cache_dir: str) -> dict:
-  import itertools
-  import jax
   import numpy as np
   from geojax import config as gconfig, experiment
   from geojax.data.mrope import rope_index
   from geojax.data.tokenizer import load_tokenizer
-  from geojax.learners import GRPOLearner, RolloutSource, as_reward, policy_sampler
   from geojax.models import load_hf
 
-  compile_s = [0.0]
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, secs, **_: compile_s.__setitem__(0, compile_s[0] + secs)
-      if event.startswith("/jax/core/compile/") else None)
+  compile_s = compile_clock()
   workdir = tempfile.mkdtemp(prefix="bench_grpo_")
   config = gconfig.load(os.path.join(ROOT, "configs", "default.py"), [
       f"workdir={workdir}", "grpo.batch_size=1", f"grpo.group_size={GROUP}", f"grpo.max_new_tokens={NEW_TOKENS}",
@@ -138,23 +132,41 @@ def run_geojax(directory: str, steps: int, cache_dir: str) -> dict:
            "pixel_values": inputs["pixel_values"].astype(np.float32), "image_grid_thw": grid,
            "example_mask": np.ones((1,), np.int32), "lat": np.zeros((1,), np.float32),
            "lon": np.zeros((1,), np.float32)}
+  return dict(time_learner(config, model, tokenizer, mesh, batch, steps, compile_s), prompt_len=int(ids.shape[1]))
+
+
+def compile_clock() -> list:
+  """[seconds]: JAX's compile time so far in this process, kept up to date by a monitoring listener."""
+  import jax
+  total = [0.0]
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, secs, **_: total.__setitem__(0, total[0] + secs)
+      if event.startswith("/jax/core/compile/") else None)
+  return total
+
+
+def time_learner(config, model, tokenizer, mesh, batch: dict, steps: int, compile_s: list) -> dict:
+  """geojax's GRPO learner on `batch` (one prompt, repeated) as a user runs it: step 1 (and the compile time in it),
+  then `steps` steady steps (wall and CPU seconds) and their phases (`phase_times`)."""
+  import itertools
+  import jax
+  from geojax.learners import GRPOLearner, RolloutSource, as_reward, policy_sampler
   with jax.set_mesh(mesh):
-    gc = config.grpo
-    source = RolloutSource(itertools.repeat(batch), policy_sampler(model, gc, tokenizer),
+    source = RolloutSource(itertools.repeat(batch), policy_sampler(model, config.grpo, tokenizer),
                            as_reward(lambda texts, batch, group: reward(texts)), tokenizer, GROUP,
                            jax.random.key(config.seed), mesh)
     learner = GRPOLearner(config, model, mesh, source)
     start = time.perf_counter()
     learner.train_step()
     first, first_compile = time.perf_counter() - start, compile_s[0]
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       learner.train_step()
       times.append(time.perf_counter() - start)
+      cpu.append(time.process_time() - start_cpu)
     phases = phase_times(learner, steps, config, mesh)
-  return {"first": first, "first_compile": first_compile, "steps": times,
-          "phases": phases, "prompt_len": int(ids.shape[1])}
+  return {"first": first, "first_compile": first_compile, "steps": times, "cpu": cpu, "phases": phases}
 
 
 def phase_times(learner, steps: int, config, mesh) -> dict:
@@ -247,17 +259,24 @@ def measure(side: str, directory: str, args, cache_dir: str, script: str = __fil
   return json.loads(lines[-1][len("RESULT "):])
 
 
+def add_driver_arguments(p: argparse.ArgumentParser, peer: str, threads_help: str, rounds_help: str) -> None:
+  """The flags of an alternating geojax-against-`peer` bench (this one's and bench_tunix's), with the hidden ones
+  its child processes take."""
+  p.add_argument("--threads", type=int, default=1, help=threads_help)
+  p.add_argument("--rounds", type=int, default=3, help=rounds_help)
+  p.add_argument("--steps", type=int, default=5, help="steady steps per process (after step 1)")
+  p.add_argument("--sides", default=f"geojax,{peer}")
+  p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "geojax_bench_grpo"))
+  p.add_argument("--child", choices=("geojax", peer), help=argparse.SUPPRESS)
+  p.add_argument("--dir", help=argparse.SUPPRESS)
+  p.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--vocabs", default="2048,151936")
-  p.add_argument("--threads", type=int, default=1, help="torch and XLA threads (and CPUs pinned), both sides")
-  p.add_argument("--rounds", type=int, default=3, help="fresh processes per side and vocabulary, alternating")
-  p.add_argument("--steps", type=int, default=5, help="steady steps per process (after step 1)")
-  p.add_argument("--sides", default="geojax,trl")
-  p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "geojax_bench_grpo"))
-  p.add_argument("--child", choices=("geojax", "trl"), help=argparse.SUPPRESS)
-  p.add_argument("--dir", help=argparse.SUPPRESS)
-  p.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
+  add_driver_arguments(p, "trl", "torch and XLA threads (and CPUs pinned), both sides",
+                       "fresh processes per side and vocabulary, alternating")
   args = p.parse_args()
   if args.child:
     return child(args)

@@ -39,14 +39,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_grpo import (BETA, GROUP, NEW_TOKENS, QUESTION, ROOT, SIZE, measure, phase_times, prepare,  # noqa: E402
-                        thread_settings)
+from bench_grpo import (BETA, GROUP, NEW_TOKENS, QUESTION, ROOT, SIZE, add_driver_arguments, compile_clock,  # noqa: E402
+                        measure, prepare, reward, thread_settings, time_learner)
 
 VOCAB, LR = 2048, 1e-4
-
-
-def reward(texts) -> list[float]:
-  return [len(t) / 100.0 for t in texts]
 
 
 def prepare_tunix(directory: str) -> str:
@@ -76,23 +72,11 @@ def prompt_ids(directory: str) -> list[int]:
   return ([bos] if bos is not None and ids[:1] != [bos] else []) + ids, text
 
 
-def compile_clock() -> list:
-  import jax
-  total = [0.0]
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, secs, **_: total.__setitem__(0, total[0] + secs)
-      if event.startswith("/jax/core/compile/") else None)
-  return total
-
-
 # ------------------------------------------------------------------------------------------------ geojax side
 def run_geojax(directory: str, steps: int, cache_dir: str) -> dict:
-  import itertools
-  import jax
   import numpy as np
   from geojax import config as gconfig, experiment
   from geojax.data.tokenizer import load_tokenizer
-  from geojax.learners import GRPOLearner, RolloutSource, as_reward, policy_sampler
   from geojax.models import load_hf
 
   compile_s = compile_clock()
@@ -110,23 +94,7 @@ def run_geojax(directory: str, steps: int, cache_dir: str) -> dict:
            "position_ids": np.broadcast_to(np.arange(n, dtype=np.int32), (3, 1, n)).copy(), "pixel_values": None,
            "image_grid_thw": np.zeros((0, 3), np.int32), "example_mask": np.ones((1,), np.int32),
            "lat": np.zeros((1,), np.float32), "lon": np.zeros((1,), np.float32)}
-  with jax.set_mesh(mesh):
-    source = RolloutSource(itertools.repeat(batch), policy_sampler(model, config.grpo, tokenizer),
-                           as_reward(lambda texts, batch, group: reward(texts)), tokenizer, GROUP,
-                           jax.random.key(config.seed), mesh)
-    learner = GRPOLearner(config, model, mesh, source)
-    start = time.perf_counter()
-    learner.train_step()
-    first, first_compile = time.perf_counter() - start, compile_s[0]
-    times, cpu = [], []
-    for _ in range(steps):
-      start, start_cpu = time.perf_counter(), time.process_time()
-      learner.train_step()
-      times.append(time.perf_counter() - start)
-      cpu.append(time.process_time() - start_cpu)
-    phases = phase_times(learner, steps, config, mesh)
-  return {"first": first, "first_compile": first_compile, "steps": times, "cpu": cpu, "prompt_len": n,
-          "phases": phases}
+  return dict(time_learner(config, model, tokenizer, mesh, batch, steps, compile_s), prompt_len=n)
 
 
 # ------------------------------------------------------------------------------------------------ Tunix side
@@ -216,14 +184,7 @@ def main() -> None:
   venv = os.path.join(ROOT, ".venv-tunix", "bin", "python")  # make bench-tunix's
   p.add_argument("--python", default=venv if os.path.exists(venv) else sys.executable,
                  help="interpreter of the measured processes (geojax + Tunix)")
-  p.add_argument("--threads", type=int, default=1, help="XLA threads (and CPUs pinned), both sides")
-  p.add_argument("--rounds", type=int, default=3, help="fresh processes per side, alternating")
-  p.add_argument("--steps", type=int, default=5, help="steady steps per process (after step 1)")
-  p.add_argument("--sides", default="geojax,tunix")
-  p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "geojax_bench_grpo"))
-  p.add_argument("--child", choices=("geojax", "tunix"), help=argparse.SUPPRESS)
-  p.add_argument("--dir", help=argparse.SUPPRESS)
-  p.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
+  add_driver_arguments(p, "tunix", "XLA threads (and CPUs pinned), both sides", "fresh processes per side, alternating")
   args = p.parse_args()
   if args.child:
     return child(args)
