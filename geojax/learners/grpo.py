@@ -91,8 +91,9 @@ class GroupAdvantage:
     self.kind, self.weights, self.eps = kind, dict(weights or {}), float(eps)
 
   def __call__(self, rollout: Rollout, group: int) -> np.ndarray:
-    return np.asarray(reward_advantages(jnp.asarray(rollout.rewards), rollout.per_reward, self.weights, group,
-                                        self.kind, eps=self.eps), np.float32)
+    with runtime.host_device():  # on an accelerator these eager ops would queue behind the reference pass
+      return np.asarray(reward_advantages(jnp.asarray(rollout.rewards), rollout.per_reward, self.weights, group,
+                                          self.kind, eps=self.eps), np.float32)
 
 
 class PolicySnapshot(NamedTuple):

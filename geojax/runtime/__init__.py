@@ -3,11 +3,11 @@
 Nothing here knows about models or rewards; `geojax.train`, `geojax.eval` and `geojax.export` compose these.
 """
 from geojax.runtime.checkpoint import Checkpointer
-from geojax.runtime.distributed import (from_process_rows, gather_rows, gather_strings, initialize, make_mesh, place,
-                                        process_rows, put_global, split_devices, to_host)
+from geojax.runtime.distributed import (from_process_rows, gather_rows, gather_strings, host_device, initialize,
+                                        make_mesh, place, process_rows, put_global, split_devices, to_host)
 from geojax.runtime.guard import NonFiniteError, check_finite
 from geojax.runtime.metrics import MetricWriter, progress
 
 __all__ = ["Checkpointer", "MetricWriter", "NonFiniteError", "check_finite", "from_process_rows", "gather_rows",
-           "gather_strings", "initialize", "make_mesh", "place", "process_rows", "progress", "put_global",
-           "split_devices", "to_host"]
+           "gather_strings", "host_device", "initialize", "make_mesh", "place", "process_rows", "progress",
+           "put_global", "split_devices", "to_host"]

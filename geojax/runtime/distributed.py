@@ -6,6 +6,7 @@ detection). A run with none of these is a single process and needs no set-up.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Mapping
 
@@ -147,6 +148,16 @@ def process_rows(n: int) -> slice:
   """This process's rows of `n` rows split evenly over the processes in process order."""
   share = n // jax.process_count()
   return slice(jax.process_index() * share, (jax.process_index() + 1) * share)
+
+
+def host_device():
+  """A context that puts eager JAX work on this host's CPU device: small host-side math (advantages) then neither
+  waits behind an accelerator's queued programs nor adds to them. Without a CPU backend (JAX_PLATFORMS lacking cpu)
+  the default device; on a CPU-only host the two are the same."""
+  try:
+    return jax.default_device(jax.local_devices(backend="cpu")[0])
+  except RuntimeError:
+    return contextlib.nullcontext()
 
 
 def to_host(x) -> np.ndarray:

@@ -118,3 +118,22 @@ def test_advantage_eps_is_a_config_value():
     np.testing.assert_allclose(GroupAdvantage("grpo", eps=eps)(rollout, 4), group_advantages(rewards, 4, eps=eps))
   papers, tunix = GroupAdvantage()(rollout, 4), GroupAdvantage(eps=1e-6)(rollout, 4)
   assert np.abs(tunix - papers).max() > 0.5
+
+
+def test_advantages_run_on_the_host_cpu_whatever_the_default_device():
+  """GroupAdvantage's eager ops go to this host's CPU device (`runtime.host_device`), not the default device: on an
+  accelerator they would queue behind the reference pass and hold back the update's dispatch. Here the default is
+  set to the last of 8 CPU devices and the ops must still land on the first."""
+  import jax
+  import jax.numpy as jnp
+  from geojax import runtime
+  from geojax.learners import GroupAdvantage, Rollout
+  cpu = jax.local_devices(backend="cpu")
+  assert len(cpu) == 8
+  rewards = np.array([0.1, 0.9, 0.4, 0.4], np.float32)
+  with jax.default_device(cpu[-1]):
+    with runtime.host_device():
+      assert jnp.ones(2).devices() == {cpu[0]}
+    assert jnp.ones(2).devices() == {cpu[-1]}
+    advantages = GroupAdvantage()(Rollout({}, None, None, [], rewards, {"exp_distance": rewards}), 4)
+  assert isinstance(advantages, np.ndarray) and advantages.dtype == np.float32
