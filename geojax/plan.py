@@ -429,9 +429,9 @@ def compile_program(program: Program, target: Target) -> dict:
 def _over_hbm(program: Program, message: str, compile_s: float, compile_cpu_s: float) -> dict:
   """The row of a program the TPU compiler refused ("Ran out of memory on HBM ... HLO temporaries (32.62G)"): its
   temporaries as the compiler states them, the rest unknown (NaN), and at least temporaries + resident in all."""
-  found = re.search(r"temporaries \(([\d.]+)([KMGT])\)", message)
-  temp = float(found.group(1)) * 1024 ** "KMGT".index(found.group(2)) / 1024 ** 2 if found else math.nan
   nan = math.nan
+  found = re.search(r"temporaries \(([\d.]+)([KMGT])\)", message)
+  temp = float(found.group(1)) * 1024 ** "KMGT".index(found.group(2)) / 1024 ** 2 if found else nan
   return {"argument_gib": nan, "output_gib": nan, "temp_gib": temp, "resident_gib": program.resident / GIB,
           "per_chip_gib": temp + program.resident / GIB if found else math.inf, "flops": nan,
           "bytes_accessed": nan, "roofline_s": None, "lower_s": program.lower_s, "compile_s": compile_s,
