@@ -316,8 +316,10 @@ class Sampler:
       return DecodeWeights()
     if isinstance(embedding, jax.Array):
       layers = _unstack_jit(self.graph, params, self.rest)
-    else:  # abstract parameters (`lower`)
-      layers = _unstack_jit.eval_shape(self.graph, params, self.rest)
+    else:  # abstract parameters (`lower`): shaped and placed as a call's copies would be (a compile: the shardings)
+      compiled = _unstack_jit.lower(self.graph, params, self.rest).compile()
+      layers = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            compiled.out_info, compiled.output_shardings)
     return DecodeWeights(self._decode_head(embedding) if self._tied else None, layers)
 
   def _decode_head(self, embedding: jax.Array) -> jax.Array:

@@ -36,10 +36,15 @@ def test_decode_layout_samples_the_same_tokens_and_gathers_no_weight_in_the_loop
   np.testing.assert_allclose(ours.logprobs, ref.logprobs, atol=1e-5)
 
   vocab = hf.config.text_config.vocab_size  # a weight or one row of full logits holds at least this many
-  hlo = sampler.lower(params, *args, rng=jax.random.key(0)).compile().as_text()
+  compiled = sampler.lower(params, *args, rng=jax.random.key(0)).compile()
+  hlo = compiled.as_text()
   gathers = loop_all_gathers(hlo)
   assert gathers, "the decode loop's top-k merge should show up as (small) all-gathers"
   assert max(gathers) < vocab, gathers
+  # abstract parameters, as plans pass them, get the CPU decode copies placed as a call's are: the same bytes
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)
+  planned = sampler.lower(abstract, *args, rng=jax.random.key(0)).compile()
+  assert (planned.memory_analysis().argument_size_in_bytes == compiled.memory_analysis().argument_size_in_bytes)
 
   # the check sees weight gathers where they are: the training layout (FSDP over all 8) gathers weights
   fsdp = make_mesh((1, 8, 1))
