@@ -48,17 +48,10 @@ def depth(stacked: nnx.Module) -> int:
   return jax.tree.leaves(nnx.state(stacked))[0].shape[0]
 
 
-def layer(stacked: nnx.Module, i: int, state: nnx.State | None = None) -> nnx.Module:
-  """Layer i of a `stack`ed module as a module of its own: a copy of the slices, or `state`, its variables as
-  `unstack` gives them."""
-  graphdef, stacked_state = nnx.split(stacked)
-  return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], stacked_state) if state is None else state)
-
-
-def unstack(stacked: nnx.Module) -> list[nnx.State]:
-  """Each layer's variables (copies of the slices), in order: what `layer(stacked, i, state)` takes."""
-  state = nnx.state(stacked)
-  return [jax.tree.map(lambda a: a[i], state) for i in range(depth(stacked))]
+def layer(stacked: nnx.Module, i: int) -> nnx.Module:
+  """Layer i of a `stack`ed module as a module of its own (a copy of the slices, for tests and tools)."""
+  graphdef, state = nnx.split(stacked)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
 
 
 def scan(stacked: nnx.Module, body: Callable[[nnx.Module, Any, Any], tuple[Any, Any]], carry, xs=None, *,

@@ -234,10 +234,9 @@ class TextDecoder(nnx.Module):
       logits = jnp.dot(hidden.astype(self.dtype), head.astype(self.dtype), preferred_element_type=jnp.float32)
     return logits, cache_k, cache_v
 
-  def layer_list(self, states: list | None = None) -> list[DecoderLayer]:
-    """The layers as separate modules, for `decode` on CPU: with `states` (`scan.unstack(self.layers)`, made
-    beforehand) as their variables, else slices of the stacked parameters copied here."""
-    return [scan.layer(self.layers, i, None if states is None else states[i]) for i in range(self.cfg.num_layers)]
+  def layer_list(self) -> list[DecoderLayer]:
+    """The layers as separate modules (slices of the stacked parameters, copied once), for `decode` on CPU."""
+    return [scan.layer(self.layers, i) for i in range(self.cfg.num_layers)]
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """float32 logits [..., V] of final hidden states."""

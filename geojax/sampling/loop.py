@@ -14,8 +14,8 @@ the whole batch makes (fold_in(rng, t), shape [B*G, C]), so the tokens are the s
 The model's caches are opaque pytrees here (`cache_axes` finds each leaf's batch and length axes from the shapes
 `decode_cache` gives), so the loop holds for per-layer tuples and stacked layers alike. The prefill cache has
 prompt length (attention over P keys, not P + N); `decode_cache` repeats it G times (`tile="cache"`) and lays it
-out for `decode_one`, the cheaper one-token step (over the scanned layers, or over `DecodeWeights.layers`, per-layer
-copies of their variables made once per call).
+out for `decode_one`, the cheaper one-token step (over the scanned layers, or with `Plan.layer_list` over per-layer
+copies of their parameters sliced once per phase).
 """
 from __future__ import annotations
 
@@ -61,13 +61,7 @@ class Plan:
   noise_ahead: bool  # draw every step's sampling noise before the loop (see sampler.NOISE_AHEAD_MAX)
   row_images: tuple[int, ...] | None = None  # images of each prompt row (tile="prompt" with images)
   compact: bool = True  # end a phase when at most half its rows are live
-
-
-class DecodeWeights(NamedTuple):
-  """Copies of weights in the layout XLA:CPU decodes faster from, made by the `Sampler` once per call, before and
-  outside its phases (None fields: decode from the model's own weights, as on TPU and GPU)."""
-  head: jax.Array | None = None  # [D, V]: a tied embedding transposed, for `decode_one`
-  layers: list | None = None     # each text layer's variables (`geojax.models.scan.unstack`)
+  layer_list: bool = False  # decode from per-layer copies of the stacked layers (see sampler.Sampler: CPU)
 
 
 class DecodeState(NamedTuple):
@@ -182,20 +176,20 @@ def _record(s: DecodeState, pick, plan: Plan) -> DecodeState:
   return s._replace(t=s.t + 1, token=pick.token, done=s.done | jnp.isin(pick.token, eos), out=out)
 
 
-def _run_phase(model, s: DecodeState, weights: DecodeWeights, plan: Plan, prompt_len: int, length: int):
+def _run_phase(model, s: DecodeState, head, plan: Plan, prompt_len: int, length: int):
   """Decode steps while the cache (length slots) has room, rows are live and (with compaction) more than half the
   slots are. Returns (state, (t, live rows)) for the host to choose the next phase."""
   slots = s.token.shape[0]
   stop = min(plan.max_new_tokens, length - prompt_len + 1)  # step t writes slot prompt_len + t - 1
   least = slots // 2 if plan.compact else 0
   vocab_size = model.config.text.vocab_size
-  layers = None if weights.layers is None else model.language_model.layer_list(weights.layers)
+  layers = model.language_model.layer_list() if plan.layer_list else None  # sliced once, before the loop
 
   def keep_going(s):
     return (s.t < stop) & (jnp.sum(~s.done) > least)
 
   def step(s):
-    logits, cache = model.decode_one(s.token, s.cache, weights.head, layers)
+    logits, cache = model.decode_one(s.token, s.cache, head, layers)
     pick = choose(logits, None, plan.settings, _step_noise(s, vocab_size, plan))
     return _record(s._replace(cache=cache), pick, plan)
 
@@ -203,10 +197,9 @@ def _run_phase(model, s: DecodeState, weights: DecodeWeights, plan: Plan, prompt
   return s, (s.t, jnp.sum(~s.done))
 
 
-def start(model, input_ids, attention_mask, position_ids, pixel_values, rng, weights: DecodeWeights, plan: Plan,
-          length: int):
-  """Traced: prefill, the first token, then the first phase over a `length`-slot cache, its steps decoding with
-  `weights`."""
+def start(model, input_ids, attention_mask, position_ids, pixel_values, rng, head, plan: Plan, length: int):
+  """Traced: prefill, the first token, then the first phase over a `length`-slot cache. `head` [D, V] or None is
+  passed to `model.decode_one`."""
   batch, prompt_len = input_ids.shape
   group = plan.num_samples
   rows = batch * group
@@ -235,10 +228,10 @@ def start(model, input_ids, attention_mask, position_ids, pixel_values, rng, wei
   s = DecodeState(jnp.int32(0), jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), bool),
                   jnp.arange(rows, dtype=jnp.int32), cache, out, _noise_ahead(rng, rows, logits.shape[-1], plan), rng)
   s = _record(s, choose(logits, None, plan.settings, _step_noise(s, logits.shape[-1], plan)), plan)
-  return _run_phase(model, s, weights, plan, prompt_len, length)
+  return _run_phase(model, s, head, plan, prompt_len, length)
 
 
-def resume(model, s: DecodeState, weights: DecodeWeights, plan: Plan, prompt_len: int, slots: int, length: int):
+def resume(model, s: DecodeState, head, plan: Plan, prompt_len: int, slots: int, length: int):
   """Traced: the next phase, with the live rows gathered into `slots` slots (live ones first, in order) and the
   cache grown to `length`."""
   order = None
@@ -246,4 +239,4 @@ def resume(model, s: DecodeState, weights: DecodeWeights, plan: Plan, prompt_len
     order = jnp.argsort(s.done, stable=True)[:slots]
     s = s._replace(token=s.token[order], done=s.done[order], rows=s.rows[order])
   s = s._replace(cache=_reshape_cache(model, s.cache, order, length))
-  return _run_phase(model, s, weights, plan, prompt_len, length)
+  return _run_phase(model, s, head, plan, prompt_len, length)

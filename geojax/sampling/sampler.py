@@ -31,11 +31,11 @@ import numpy as np
 from flax import nnx
 
 from geojax.data.mrope import rope_index
-from geojax.models import lora, scan
+from geojax.models import lora
 from geojax.models.vision import grid_tuple
 from geojax.sampling.logits import SamplingSettings, candidate_count
 from geojax.sampling import loop
-from geojax.sampling.loop import DecodeWeights, GenerateResult, Plan
+from geojax.sampling.loop import GenerateResult, Plan
 
 # Draw all steps' sampling noise before the loop when it is at most this many floats (see loop._noise_ahead).
 NOISE_AHEAD_MAX = 1 << 22
@@ -58,26 +58,18 @@ class _Graph:
 
 
 @functools.partial(jax.jit, static_argnames=("graph", "plan", "length"))
-def _start_jit(graph: _Graph, params, rest, input_ids, attention_mask, position_ids, pixel_values, rng,
-               weights: DecodeWeights, *, plan: Plan, length: int):
+def _start_jit(graph: _Graph, params, rest, input_ids, attention_mask, position_ids, pixel_values, rng, head, *,
+               plan: Plan, length: int):
   model = nnx.merge(graph.graphdef, params, rest)
-  return loop.start(model, input_ids, attention_mask, position_ids, pixel_values, rng, weights, plan, length)
+  return loop.start(model, input_ids, attention_mask, position_ids, pixel_values, rng, head, plan, length)
 
 
 @functools.partial(jax.jit, static_argnames=("graph", "plan", "prompt_len", "slots", "length"), donate_argnums=(4,))
-def _resume_jit(graph: _Graph, params, rest, state, out, weights: DecodeWeights, *, plan: Plan, prompt_len: int,
-                slots: int, length: int):
+def _resume_jit(graph: _Graph, params, rest, state, out, head, *, plan: Plan, prompt_len: int, slots: int,
+                length: int):
   """The next phase; the result buffers are donated (the rest changes shape: a phase changes slots or length)."""
   model = nnx.merge(graph.graphdef, params, rest)
-  return loop.resume(model, state._replace(out=out), weights, plan, prompt_len, slots, length)
-
-
-@functools.partial(jax.jit, static_argnames=("graph",))
-def _unstack_jit(graph: _Graph, params, rest) -> list:
-  """Each text layer's variables copied out of the stack, once per call: a program of its own, not part of every
-  phase's (inside the first phase's, they shared the cores with the prefill: a 0.5B one-token call took 0.15-0.25 s
-  longer)."""
-  return scan.unstack(nnx.merge(graph.graphdef, params, rest).language_model.layers)
+  return loop.resume(model, state._replace(out=out), head, plan, prompt_len, slots, length)
 
 
 def compiled_signatures() -> int:
@@ -189,22 +181,22 @@ class Sampler:
       filtered distribution actually sampled (0 when greedy), lengths [B*G] int32). After EOS: pad tokens and
       log-probs 0.
     """
-    params, weights, plan, inputs = self._prepare(params, input_ids, attention_mask, pixel_values, image_grid_thw,
-                                                  position_ids, rng)
+    params, head, plan, inputs = self._prepare(params, input_ids, attention_mask, pixel_values, image_grid_thw,
+                                               position_ids, rng)
     mesh = _mesh_of(_embedding(params, self.rest))
     if mesh is None:
-      return self._decode(params, weights, plan, *inputs)
+      return self._decode(params, head, plan, *inputs)
     with jax.set_mesh(mesh):
-      return self._decode(params, weights, plan, *inputs)
+      return self._decode(params, head, plan, *inputs)
 
   def lower(self, params=None, input_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
             position_ids=None, rng=None) -> jax.stages.Lowered:
     """The first phase's program for these arguments (the call's), lowered: `.compile()` it to read its HLO or
     memory. `params` may be abstract (jax.ShapeDtypeStruct with shardings), as for a model too big to hold."""
-    params, weights, plan, inputs = self._prepare(params, input_ids, attention_mask, pixel_values, image_grid_thw,
-                                                  position_ids, rng)
+    params, head, plan, inputs = self._prepare(params, input_ids, attention_mask, pixel_values, image_grid_thw,
+                                               position_ids, rng)
     buckets = self._buckets(inputs[0].shape[1])
-    lower = functools.partial(_start_jit.lower, self.graph, params, self.rest, *inputs, weights, plan=plan,
+    lower = functools.partial(_start_jit.lower, self.graph, params, self.rest, *inputs, head, plan=plan,
                               length=buckets[0])
     mesh = _mesh_of(_embedding(params, self.rest))
     if mesh is None:
@@ -213,7 +205,7 @@ class Sampler:
       return lower()
 
   def _prepare(self, params, input_ids, attention_mask, pixel_values, image_grid_thw, position_ids, rng):
-    """Checks the arguments; returns (params, DecodeWeights, plan, the first phase's array arguments)."""
+    """Checks the arguments; returns (params, decode head, plan, the first phase's array arguments)."""
     if input_ids is None:
       raise TypeError("Sampler call needs input_ids")
     if rng is None:
@@ -245,14 +237,23 @@ class Sampler:
     return self._planned(params, grid, row_images, (input_ids, attention_mask, position_ids, pixel_values, rng))
 
   def _planned(self, params, grid, row_images, inputs) -> tuple:
-    """(params, DecodeWeights, plan, inputs): `_prepare`'s result for checked inputs."""
+    """(params, decode head, plan, inputs): `_prepare`'s result for checked inputs."""
     rows = inputs[0].shape[0] * self.num_samples
     width = candidate_count(self.config.text.vocab_size, self.settings)
     noise_ahead = not self.settings.greedy and self.max_new_tokens * rows * width <= NOISE_AHEAD_MAX
-    plan = Plan(self.max_new_tokens, self.settings, self.eos_ids, self.pad_id, self.num_samples, self.tile,
-                None if inputs[3] is None else grid, noise_ahead, row_images, compact=self.phases and rows > 1)
     params = self.params if params is None else params
-    return params, self._decode_weights(params), plan, inputs
+    embedding = _embedding(params, self.rest)
+    # Copies in the layouts XLA:CPU decodes faster from, for parameters on CPU devices only (TPU and GPU pick their
+    # dot layouts themselves). Chosen by where the parameters are, not by this process's default backend: a program
+    # compiled here for TPU chips (geojax.plan) must not get them. On CPU the decode loop runs the layers one by one
+    # from copies sliced once per phase: in a scan over the stacked layers each step would copy every layer's weights
+    # out of the stack (XLA:CPU does not fuse that slice into its dots), 1.3-1.8x the per-step time of the toy and
+    # mid-size models (BENCHMARKS.md, scanned layers).
+    on_cpu = _platform(embedding) == "cpu"
+    plan = Plan(self.max_new_tokens, self.settings, self.eos_ids, self.pad_id, self.num_samples, self.tile,
+                None if inputs[3] is None else grid, noise_ahead, row_images, compact=self.phases and rows > 1,
+                layer_list=on_cpu)
+    return params, self._decode_head(embedding) if self._tied and on_cpu else None, plan, inputs
 
   def _prepare_global(self, params, input_ids, attention_mask, pixel_values, image_grid_thw, position_ids, rng):
     """`_prepare` for prompts already placed as global arrays whose rows no process holds whole (each process
@@ -269,13 +270,13 @@ class Sampler:
     steps = self.max_new_tokens
     return loop.cache_buckets(prompt_len, steps) if self.phases else (loop.cache_length(prompt_len, steps),)
 
-  def _decode(self, params, weights: DecodeWeights, plan: Plan, *inputs) -> GenerateResult:
+  def _decode(self, params, head, plan: Plan, *inputs) -> GenerateResult:
     """The first phase, then the next ones while rows remain (each waits for the last to end: one sync each)."""
     prompt_len, steps = inputs[0].shape[1], self.max_new_tokens
     buckets = self._buckets(prompt_len)
     slots, length = inputs[0].shape[0] * self.num_samples, buckets[0]
     self.last_phases = [(slots, length, 0)]
-    state, (t, live) = _start_jit(self.graph, params, self.rest, *inputs, weights, plan=plan, length=length)
+    state, (t, live) = _start_jit(self.graph, params, self.rest, *inputs, head, plan=plan, length=length)
     if len(buckets) == 1 and not plan.compact:  # one phase does it all: no need to wait for it
       return GenerateResult(*state.out)
     while True:
@@ -285,7 +286,7 @@ class Sampler:
       slots = _pow2_at_least(live) if plan.compact else slots
       length = loop.bucket_for(buckets, prompt_len + t)
       self.last_phases.append((slots, length, t))
-      state, (t, live) = _resume_jit(self.graph, params, self.rest, state._replace(out=None), state.out, weights,
+      state, (t, live) = _resume_jit(self.graph, params, self.rest, state._replace(out=None), state.out, head,
                                      plan=plan, prompt_len=prompt_len, slots=slots, length=length)
 
   def _row_images(self, input_ids: np.ndarray, grid) -> tuple[int, ...]:
@@ -302,25 +303,6 @@ class Sampler:
         raise ValueError("image tokens and image features do not match (image_grid_thw against input_ids)")
       counts.append(image - start)
     return tuple(counts)
-
-  def _decode_weights(self, params) -> DecodeWeights:
-    """For parameters on CPU, copies laid out for XLA:CPU's decode steps; none elsewhere (TPU and GPU pick dot
-    layouts themselves, and decide by where the parameters are, not by this process's default backend: a TPU
-    program compiled on a CPU host must not get them).
-
-    The layers: each layer's variables copied out of the stack once per call. In a scan over the stacked layers
-    every decode step would copy every layer's weights out of the stack (XLA:CPU does not fuse that slice into its
-    dots), 1.3-1.8x the per-step time of the toy and mid-size models (BENCHMARKS.md, scanned layers)."""
-    embedding = _embedding(params, self.rest)
-    if _platform(embedding) != "cpu":
-      return DecodeWeights()
-    if isinstance(embedding, jax.Array):
-      layers = _unstack_jit(self.graph, params, self.rest)
-    else:  # abstract parameters (`lower`): shaped and placed as a call's copies would be (a compile: the shardings)
-      compiled = _unstack_jit.lower(self.graph, params, self.rest).compile()
-      layers = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            compiled.out_info, compiled.output_shardings)
-    return DecodeWeights(self._decode_head(embedding) if self._tied else None, layers)
 
   def _decode_head(self, embedding: jax.Array) -> jax.Array:
     """The tied embedding transposed to [D, V], kept while the embedding array of the last call lives.
