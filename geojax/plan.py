@@ -339,7 +339,8 @@ def build_programs(config: ml_collections.ConfigDict, target: Target, programs, 
   lc = config.model.lora
   info = {"mesh": dict(mesh.shape), "params": n_params, "trainable": trainable,
           "lora": {"rank": lc.rank, "targets": lc.targets, "quantize": lc.quantize} if lc.rank else None,
-          "photo": list(photo), "image_grid": list(grid), "text_layers": arch.text.num_layers,
+          "photo": list(photo), "image_grid": list(grid), "vocab_size": arch.text.vocab_size,
+          "text_layers": arch.text.num_layers,
           "vision_depth": arch.vision.depth}
   return out, info
 
@@ -419,11 +420,16 @@ def compile_program(program: Program, target: Target) -> dict:
   roofline = None
   if target.chip is not None:
     roofline = max(flops / target.chip.peak_flops, nbytes / target.chip.hbm_bytes_per_s)
-  return {"argument_gib": args / GIB, "output_gib": (outs - alias) / GIB, "temp_gib": temp / GIB,
-          "resident_gib": program.resident / GIB, "per_chip_gib": total / GIB, "flops": flops,
-          "bytes_accessed": nbytes, "roofline_s": roofline, "lower_s": program.lower_s, "compile_s": compile_s,
-          "compile_cpu_s": compile_cpu_s,
-          "collectives": collective_counts(compiled.as_text() or "")}
+  hlo = compiled.as_text() or ""
+  out = {"argument_gib": args / GIB, "output_gib": (outs - alias) / GIB, "temp_gib": temp / GIB,
+         "resident_gib": program.resident / GIB, "per_chip_gib": total / GIB, "flops": flops,
+         "bytes_accessed": nbytes, "roofline_s": roofline, "lower_s": program.lower_s, "compile_s": compile_s,
+         "compile_cpu_s": compile_cpu_s, "collectives": collective_counts(hlo)}
+  if program.name == "generate":  # what the decode loop gathers at every token (a loop body is compiled once)
+    from geojax.sampling.layout import loop_all_gathers
+    gathers = loop_all_gathers(hlo)
+    out["loop_all_gathers"] = {"count": len(gathers), "largest": max(gathers, default=0)}
+  return out
 
 
 def _over_hbm(program: Program, message: str, compile_s: float, compile_cpu_s: float) -> dict:
@@ -482,6 +488,12 @@ def plan(config: ml_collections.ConfigDict, target: Target, programs=None, **bui
       print(f"[plan] {program.name}: does not fit, the compiler refused it: {r['over_hbm']}", flush=True)
     print(f"[plan] {program.name}: {r['per_chip_gib']:.2f} GiB per chip, compiled in {r['compile_s']:.1f}s "
           f"({r['compile_cpu_s']:.0f} CPU-s) {json.dumps(r)}", flush=True)
+    largest = r.get("loop_all_gathers", {}).get("largest", 0)
+    if largest >= info["vocab_size"]:  # a weight, or a full row of logits
+      hint = ("; config key 'rollout.layout' is 'train': 'decode' reshards the policy so that no step gathers a weight"
+              if config.rollout.layout == "train" else "")
+      print(f"[plan] generate: the decode loop all-gathers up to {largest:,} elements at every token, at least the "
+            f"vocabulary's {info['vocab_size']:,} (a weight, or a full row of logits){hint}", flush=True)
   results = {name: results[name] for name in PROGRAMS if name in results}
   lora = "" if info["lora"] is None else (f", LoRA r{info['lora']['rank']} ({info['trainable'] / 1e6:.3g}M trainable"
                                        f", base {info['lora']['quantize']})")

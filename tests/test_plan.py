@@ -196,3 +196,21 @@ def test_plan_tpu_topology_cli():
     assert r["per_chip_gib"] > 0 and r["flops"] > 0 and r["roofline_s"] > 0
   assert summary["programs"]["grpo_step"]["collectives"]["all-reduce"] > 0
   assert summary["fits"] is True
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="the TPU compiler (libtpu) is not installed")
+@pytest.mark.parametrize("layout", ["train", "decode"])
+def test_plan_says_when_the_rollout_gathers_weights_at_every_token(layout, capsys):
+  """Compiled for TPU chips, the training layout's decode loop gathers the FSDP-split weights at every token (XLA:CPU
+  hoists them, the TPU compiler does not): the plan reports the loop's all-gathers and says so, naming
+  rollout.layout; the decode layout gathers only the small top-k merge."""
+  config = _config(["runtime.mesh.data=1", "runtime.mesh.fsdp=-1", f"rollout.layout={layout}",
+                    "rollout.mesh.tensor=4"])
+  summary = plan_lib.plan(config, plan_lib.tpu_target("v5e:2x2"), ["generate"])
+  gathers = summary["programs"]["generate"]["loop_all_gathers"]
+  said = "the decode loop all-gathers" in capsys.readouterr().out
+  if layout == "train":
+    assert gathers["largest"] >= summary["vocab_size"] and said
+  else:
+    assert 0 < gathers["largest"] < summary["vocab_size"] and not said
+
