@@ -213,4 +213,3 @@ def test_plan_says_when_the_rollout_gathers_weights_at_every_token(layout, capsy
     assert gathers["largest"] >= summary["vocab_size"] and said
   else:
     assert 0 < gathers["largest"] < summary["vocab_size"] and not said
-
