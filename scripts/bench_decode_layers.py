@@ -6,7 +6,9 @@ Random QwenVL text decoders (no image), batch 8, a 34-token prompt prefilled, th
 one jitted fori_loop (argmax feeds the next token), best of `reps` calls; milliseconds per step, wall and process
 CPU (the CPU time is steadier on a shared machine). "scan": `decode_one` scans the stacked layers, slicing each
 layer's weights out of the stack at every step; "layer list": `decode_one(..., layers=text.layer_list())` with the
-slices made once before the loop, what `Sampler` does on CPU. On a tree without `layer_list` (before the layers
+slices made once before the loop, over the stacked caches (each step slices each layer's cache out of them);
+"per-layer caches": the same over each layer's own K and V (`decode_cache(per_layer=True)`), what `Sampler` does on
+CPU. On a tree without `layer_list` (before the layers
 were stacked) it times the unrolled layers as "unrolled". Sizes: toy = hidden 128, 4 layers, MLP 512, vocab 2048
 (as scripts/bench_sampler.py); mid = hidden 512, 12 layers, MLP 1536, vocab 8192.
 """
@@ -41,13 +43,14 @@ def model_of(size: str) -> QwenVL:
   return QwenVL(config.replace(text=text), rngs=nnx.Rngs(0))
 
 
-def per_step(model, layer_list: bool, batch: int, prompt: int, steps: int, reps: int) -> tuple[float, float]:
+def per_step(model, layer_list: bool, batch: int, prompt: int, steps: int, reps: int,
+             per_layer: bool = False) -> tuple[float, float]:
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 200, (batch, prompt)), jnp.int32)
 
   @nnx.jit
   def prefill(model, ids):
     _, cache = model.prefill(ids, jnp.ones_like(ids), None, None, None, model.init_cache(batch, prompt))
-    return model.decode_cache(cache, prompt + steps)
+    return model.decode_cache(cache, prompt + steps, per_layer=per_layer)
 
   @nnx.jit
   def loop(model, cache):
@@ -82,14 +85,19 @@ def main() -> None:
   for size in args.sizes.split(","):
     model = model_of(size)
     stacked = hasattr(model.language_model, "layer_list")
-    variants = (("scan", False), ("layer list", True)) if stacked else (("unrolled", False),)
+    per_layer = "per_layer" in model.decode_cache.__code__.co_varnames
+    variants = (("scan", False, False), ("layer list", True, False)) if stacked else (("unrolled", False, False),)
+    variants += (("per-layer caches", True, True),) if per_layer else ()
     times = {}
-    for label, layer_list in variants:
-      times[label] = per_step(model, layer_list, args.batch, args.prompt, args.steps, args.reps)
-      print(f"{size:4s} {label:10s}: {times[label][0]:8.3f} ms per step ({times[label][1]:8.3f} CPU-ms)", flush=True)
+    for label, layer_list, caches in variants:
+      times[label] = per_step(model, layer_list, args.batch, args.prompt, args.steps, args.reps, caches)
+      print(f"{size:4s} {label:16s}: {times[label][0]:8.3f} ms per step ({times[label][1]:8.3f} CPU-ms)", flush=True)
     if stacked:
       print(f"{size:4s} scan / layer list: {times['scan'][0] / times['layer list'][0]:.2f}x wall, "
             f"{times['scan'][1] / times['layer list'][1]:.2f}x CPU", flush=True)
+    if per_layer:
+      print(f"{size:4s} layer list / per-layer caches: {times['layer list'][0] / times['per-layer caches'][0]:.2f}x "
+            f"wall, {times['layer list'][1] / times['per-layer caches'][1]:.2f}x CPU", flush=True)
 
 
 if __name__ == "__main__":

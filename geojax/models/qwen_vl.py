@@ -207,10 +207,12 @@ class QwenVL(nnx.Module):
     return self.language_model.logits(hidden[:, 0]), cache
 
   # ---------------------------------------------------------------- one-token decoding
-  def decode_cache(self, cache: dict, length: int, repeats: int = 1) -> dict:
+  def decode_cache(self, cache: dict, length: int, repeats: int = 1, per_layer: bool = False) -> dict:
     """A prefilled cache (k, v [num_layers, B, P, KV, hd]) in the decode layout with room for `length` slots in all:
     K [num_layers, B*repeats, KV, hd, length], V [num_layers, B*repeats, KV, length, hd], each row repeated `repeats`
-    times (prompt-major), the slots past P empty (not valid)."""
+    times (prompt-major), the slots past P empty (not valid). `per_layer`: K and V as tuples of each layer's
+    [B*repeats, ...] array instead, for `decode_one` over `layer_list` copies (XLA:CPU copies a layer's slice of a
+    stacked cache at every step)."""
     extra = length - cache["valid"].shape[1]
     rep = lambda x, axis=0: x if repeats == 1 else jnp.repeat(x, repeats, axis=axis)
     with rules_context(self.config.sharding_rules):
@@ -218,6 +220,8 @@ class QwenVL(nnx.Module):
       pad = lambda x, axis: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])
       k = shard(pad(jnp.transpose(rows(cache["k"]), (0, 1, 3, 4, 2)), 4), stacked(K_AXES))
       v = shard(pad(jnp.transpose(rows(cache["v"]), (0, 1, 3, 2, 4)), 3), stacked(V_AXES))
+    if per_layer:
+      k, v = (tuple(x[i] for i in range(x.shape[0])) for x in (k, v))
     return dict(cache, k=k, v=v, valid=jnp.pad(rep(cache["valid"]), ((0, 0), (0, extra))),
                 next_pos=rep(cache["next_pos"]))
 

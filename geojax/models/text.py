@@ -79,18 +79,26 @@ class Attention(nnx.Module):
   def decode(self, x, cos, sin, k_cache, v_cache, valid, index, layer):
     """One token per row: x [B, D], cos/sin [B, hd]; writes its key/value at slot `index` of layer `layer` of the
     stacked decode-layout caches (K [N, B, KV, hd, T], V [N, B, KV, T, hd]; in place, so that a scan over layers
-    copies no cache) and attends over that layer's slots `valid` [B, T] marks (the new one included). Returns
+    copies no cache), or of this layer's own caches (K [B, KV, hd, T], V [B, KV, T, hd]) when `layer` is None, and
+    attends over that layer's slots `valid` [B, T] marks (the new one included). Returns
     (out [B, D], (k_cache, v_cache))."""
     batch = x.shape[0]
     kv_heads, head_dim = self.k_proj.out_shape
     q = self.q_proj(x).reshape(batch, kv_heads, -1, head_dim)  # head = kv_head * groups + g
     q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(self.k_proj(x), cos, sin)
     v = self.v_proj(x)
-    k_cache = shard(jax.lax.dynamic_update_slice(k_cache, k[None, ..., None].astype(k_cache.dtype),
-                                                 (layer, 0, 0, 0, index)), stacked(K_AXES))
-    v_cache = shard(jax.lax.dynamic_update_slice(v_cache, v[None, :, :, None].astype(v_cache.dtype),
-                                                 (layer, 0, 0, index, 0)), stacked(V_AXES))
-    out = one_query_attention(q, k_cache[layer], v_cache[layer], valid)
+    if layer is None:
+      k_cache = shard(jax.lax.dynamic_update_slice(k_cache, k[..., None].astype(k_cache.dtype), (0, 0, 0, index)),
+                      K_AXES)
+      v_cache = shard(jax.lax.dynamic_update_slice(v_cache, v[:, :, None].astype(v_cache.dtype), (0, 0, index, 0)),
+                      V_AXES)
+      out = one_query_attention(q, k_cache, v_cache, valid)
+    else:
+      k_cache = shard(jax.lax.dynamic_update_slice(k_cache, k[None, ..., None].astype(k_cache.dtype),
+                                                   (layer, 0, 0, 0, index)), stacked(K_AXES))
+      v_cache = shard(jax.lax.dynamic_update_slice(v_cache, v[None, :, :, None].astype(v_cache.dtype),
+                                                   (layer, 0, 0, index, 0)), stacked(V_AXES))
+      out = one_query_attention(q, k_cache[layer], v_cache[layer], valid)
     return self.o_proj(out.reshape(batch, -1, head_dim)), (k_cache, v_cache)
 
 
@@ -212,8 +220,10 @@ class TextDecoder(nnx.Module):
     """Logits float32 [B, V] of the token after `tokens` [B] at rotary `positions` [B], writing slot `index` of
     the decode-layout caches (stacked over layers: K [num_layers, B, KV, hd, T], V [num_layers, B, KV, T, hd]);
     returns (logits, cache_k, cache_v). `head` [D, V], if given, replaces the output matrix. `layers` (from
-    `layer_list`), if given, run one after another in place of the scan over the stacked layers: with copies made
-    once before a decode loop, no step slices the weights out of the stack (which XLA:CPU copies)."""
+    `layer_list`), if given, run one after another in place of the scan over the stacked layers, over the stacked
+    caches or per-layer ones (tuples of each layer's K and V, `decode_cache(per_layer=True)`): with copies made
+    once before a decode loop and per-layer caches, no step slices weights or a cache out of a stack (which XLA:CPU
+    copies)."""
     cos, sin = rope_cos_sin(positions, self.cfg)
     x = shard(self.embed_tokens(tokens), ("batch", "act_embed"))
 
@@ -224,6 +234,11 @@ class TextDecoder(nnx.Module):
 
     if layers is None:
       (x, cache_k, cache_v), _ = scan.scan(self.layers, body, (x, cache_k, cache_v), jnp.arange(self.cfg.num_layers))
+    elif isinstance(cache_k, tuple):  # per-layer caches
+      ks, vs = list(cache_k), list(cache_v)
+      for i, layer in enumerate(layers):
+        (x, ks[i], vs[i]), _ = body(layer, (x, ks[i], vs[i]), None)
+      cache_k, cache_v = tuple(ks), tuple(vs)
     else:
       for i, layer in enumerate(layers):
         (x, cache_k, cache_v), _ = body(layer, (x, cache_k, cache_v), i)

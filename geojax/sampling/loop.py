@@ -15,7 +15,7 @@ The model's caches are opaque pytrees here (`cache_axes` finds each leaf's batch
 `decode_cache` gives), so the loop holds for per-layer tuples and stacked layers alike. The prefill cache has
 prompt length (attention over P keys, not P + N); `decode_cache` repeats it G times (`tile="cache"`) and lays it
 out for `decode_one`, the cheaper one-token step (over the scanned layers, or with `Plan.layer_list` over per-layer
-copies of their parameters sliced once per phase).
+copies of their parameters sliced once per phase, and per-layer caches).
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class Plan:
   noise_ahead: bool  # draw every step's sampling noise before the loop (see sampler.NOISE_AHEAD_MAX)
   row_images: tuple[int, ...] | None = None  # images of each prompt row (tile="prompt" with images)
   compact: bool = True  # end a phase when at most half its rows are live
-  layer_list: bool = False  # decode from per-layer copies of the stacked layers (see sampler.Sampler: CPU)
+  layer_list: bool = False  # decode from per-layer copies of the layers, over per-layer caches (sampler.Sampler: CPU)
 
 
 class DecodeState(NamedTuple):
@@ -98,23 +98,23 @@ def bucket_for(buckets: tuple[int, ...], needed: int) -> int:
   return next(b for b in buckets if b >= needed)
 
 
-def cache_axes(model) -> list[tuple[int | None, int | None]]:
+def cache_axes(model, per_layer: bool = False) -> list[tuple[int | None, int | None]]:
   """(batch axis, length axis) of each leaf of the model's decode cache (flattened order; None where a leaf has
   none), from the shapes `decode_cache` gives for two batch sizes and two lengths."""
   base = jax.eval_shape(lambda: model.init_cache(1, 1))
   leaves = lambda length, repeats: jax.tree.leaves(
-      jax.eval_shape(lambda c: model.decode_cache(c, length, repeats=repeats), base))
+      jax.eval_shape(lambda c: model.decode_cache(c, length, repeats=repeats, per_layer=per_layer), base))
   ref, longer, wider = leaves(2, 1), leaves(3, 1), leaves(2, 2)
   differs = lambda a, b: next((i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y), None)
   return [(differs(r, w), differs(r, n)) for r, n, w in zip(ref, longer, wider)]
 
 
-def _reshape_cache(model, cache: dict, order: jax.Array | None, length: int) -> dict:
+def _reshape_cache(model, cache: dict, order: jax.Array | None, length: int, per_layer: bool) -> dict:
   """The cache with its batch gathered by `order` (None: kept) and its length padded with empty slots to
   `length`."""
   leaves, treedef = jax.tree.flatten(cache)
   out = []
-  for leaf, (batch_axis, length_axis) in zip(leaves, cache_axes(model)):
+  for leaf, (batch_axis, length_axis) in zip(leaves, cache_axes(model, per_layer)):
     if order is not None and batch_axis is not None:
       leaf = jnp.take(leaf, order, axis=batch_axis)
     if length_axis is not None and leaf.shape[length_axis] < length:
@@ -219,7 +219,7 @@ def start(model, input_ids, attention_mask, position_ids, pixel_values, rng, hea
   cache = model.init_cache(input_ids.shape[0], prompt_len)
   logits, cache = model.prefill(input_ids, attention_mask, position_ids, pixel_values, grid, cache)
   repeats = group if plan.tile == "cache" else 1
-  cache = model.decode_cache(cache, length, repeats=repeats)
+  cache = model.decode_cache(cache, length, repeats=repeats, per_layer=plan.layer_list)
   logits = _repeat_rows(logits, repeats)
 
   steps = plan.max_new_tokens
@@ -238,5 +238,5 @@ def resume(model, s: DecodeState, head, plan: Plan, prompt_len: int, slots: int,
   if slots < s.token.shape[0]:
     order = jnp.argsort(s.done, stable=True)[:slots]
     s = s._replace(token=s.token[order], done=s.done[order], rows=s.rows[order])
-  s = s._replace(cache=_reshape_cache(model, s.cache, order, length))
+  s = s._replace(cache=_reshape_cache(model, s.cache, order, length, plan.layer_list))
   return _run_phase(model, s, head, plan, prompt_len, length)
