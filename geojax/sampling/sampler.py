@@ -32,6 +32,7 @@ from flax import nnx
 
 from geojax.data.mrope import rope_index
 from geojax.models import lora
+from geojax.models.attention import current_platform, device_platform
 from geojax.models.vision import grid_tuple
 from geojax.sampling.logits import SamplingSettings, candidate_count
 from geojax.sampling import loop
@@ -102,12 +103,6 @@ def _embedding(params, rest) -> jax.Array:
   tokens = params["language_model"].get("embed_tokens") if "language_model" in params else None
   leaf = (tokens or rest["language_model"]["embed_tokens"])["embedding"]
   return leaf.get_raw_value() if isinstance(leaf, nnx.Variable) else leaf
-
-
-def _platform(array) -> str:
-  """The platform an array (or an abstract one with a sharding) is placed on; else the default backend's."""
-  sharding = getattr(array, "sharding", None)
-  return next(iter(sharding.device_set)).platform if sharding is not None else jax.default_backend()
 
 
 def _mesh_of(array: jax.Array) -> jax.sharding.Mesh | None:
@@ -249,7 +244,8 @@ class Sampler:
     # from copies sliced once per phase: in a scan over the stacked layers each step would copy every layer's weights
     # out of the stack (XLA:CPU does not fuse that slice into its dots), 1.3-1.8x the per-step time of the toy and
     # mid-size models (BENCHMARKS.md, scanned layers).
-    on_cpu = _platform(embedding) == "cpu"
+    sharding = getattr(embedding, "sharding", None)  # none: an abstract array placed nowhere yet
+    on_cpu = (device_platform(next(iter(sharding.device_set))) if sharding is not None else current_platform()) == "cpu"
     plan = Plan(self.max_new_tokens, self.settings, self.eos_ids, self.pad_id, self.num_samples, self.tile,
                 None if inputs[3] is None else grid, noise_ahead, row_images, compact=self.phases and rows > 1,
                 layer_list=on_cpu)

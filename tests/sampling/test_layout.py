@@ -41,7 +41,7 @@ def test_decode_layout_samples_the_same_tokens_and_gathers_no_weight_in_the_loop
   gathers = loop_all_gathers(hlo)
   assert gathers, "the decode loop's top-k merge should show up as (small) all-gathers"
   assert max(gathers) < vocab, gathers
-  # abstract parameters, as plans pass them, get the CPU decode copies placed as a call's are: the same bytes
+  # abstract parameters, as plans pass them, compile to the same per-device arguments as the call's
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)
   planned = sampler.lower(abstract, *args, rng=jax.random.key(0)).compile()
   assert (planned.memory_analysis().argument_size_in_bytes == compiled.memory_analysis().argument_size_in_bytes)
