@@ -52,6 +52,9 @@ _SCHEMA: dict[str, Any] = {
         "matmul_precision": ("default", "default | high | highest | bfloat16: jax_default_matmul_precision"),
         "compilation_cache_dir": ("~/.cache/geojax/jax_cache", "JAX's persistent compilation cache: a second run "
                                   "loads its programs instead of compiling them (GRPO's first step); empty: off"),
+        "keep_freed_memory": ("auto", "auto | on | off: glibc malloc keeps freed memory for reuse instead of mapping "
+                              "fresh pages for every large buffer (XLA:CPU's per-step buffers; the process keeps its "
+                              "peak); auto: on when the devices are CPUs (geojax.runtime.keep_freed_memory)"),
     },
     "model": {
         "preset": ("tiny", "architecture: a geojax.models.PRESETS name, or tiny (random init sized by model.tiny)"),
@@ -281,6 +284,7 @@ def validate(c: ml_collections.ConfigDict, *, reads_data: bool = True, needs_wei
     if stage not in STAGES:
       raise ConfigError(f"config key 'stages' holds {stage!r}; expected stages from {list(STAGES)}")
   check_choice(c, "runtime.distributed", ("auto", "on", "off"))
+  check_choice(c, "runtime.keep_freed_memory", ("auto", "on", "off"))
   check_choice(c, "runtime.matmul_precision", ("default", "highest", "high", "bfloat16"))
   check_range(c, "runtime.num_processes", 0)
   check_range(c, "runtime.process_id", -1)

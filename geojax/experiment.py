@@ -26,15 +26,19 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 def setup_runtime(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """jax.distributed (when configured), matmul precision and the device mesh of the config (the training devices:
-  all but the last rollout.devices)."""
+  """jax.distributed (when configured), matmul precision, the host allocator (runtime.keep_freed_memory) and the
+  device mesh of the config (the training devices: all but the last rollout.devices)."""
   rc = config.runtime
   runtime.initialize(rc.coordinator_address, rc.num_processes, rc.process_id, rc.distributed)
   if rc.matmul_precision != "default":
     jax.config.update("jax_default_matmul_precision", rc.matmul_precision)
   if rc.get("compilation_cache_dir"):
     enable_compilation_cache(rc.compilation_cache_dir)
-  return runtime.make_mesh(dict(rc.mesh), device_split(config)[0])
+  mesh = runtime.make_mesh(dict(rc.mesh), device_split(config)[0])
+  keep = rc.get("keep_freed_memory", "auto")
+  if keep == "on" or (keep == "auto" and mesh.devices.flat[0].platform == "cpu"):
+    runtime.keep_freed_memory()
+  return mesh
 
 
 def device_split(config: ml_collections.ConfigDict) -> tuple[list, list]:

@@ -91,6 +91,7 @@ def test_format_config():
     ("model.dtype=int8", "model.dtype"),
     ("model.attention=flash", "model.attention"),
     ("runtime.distributed=maybe", "runtime.distributed"),
+    ("runtime.keep_freed_memory=yes", "runtime.keep_freed_memory"),
     ("runtime.mesh.fsdp=-1", "runtime.mesh"),
     ("checkpoint.keep=0", "checkpoint.keep"),
 ])

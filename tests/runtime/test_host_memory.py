@@ -1,0 +1,51 @@
+"""The host allocator setting: freed large buffers are reused instead of mapped afresh (minor page faults counted by
+the kernel, in a fresh process: the setting is process-wide and has no undo)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from geojax import experiment, runtime
+from geojax.config_schema import base_config
+
+PROBE = """
+import ctypes, json, resource, sys
+from geojax.runtime import keep_freed_memory
+took = keep_freed_memory() if sys.argv[1] == "keep" else None
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
+
+def faults_of_a_step(size=64 << 20):  # a buffer as XLA:CPU allocates it (malloc, no huge-page advice)
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  buffer = libc.malloc(size)
+  ctypes.memset(buffer, 1, size)  # first touch of every page
+  libc.free(buffer)
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults_of_a_step()
+print(json.dumps({"took": took, "faults": faults_of_a_step()}))
+"""
+
+
+def _second_step_faults(mode: str) -> dict:
+  out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_a_freed_buffer_is_reused_without_page_faults():
+  default, kept = _second_step_faults("default"), _second_step_faults("keep")
+  assert kept["took"] is True
+  assert default["faults"] > 10_000  # 64 MiB mapped afresh: a fault per 4 KiB page
+  assert kept["faults"] < 100
+
+
+@pytest.mark.parametrize("setting, expected", [("auto", True), ("on", True), ("off", False)])
+def test_setup_runtime_keeps_freed_memory_on_cpu_devices_unless_off(monkeypatch, setting, expected):
+  calls = []
+  monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(True) or True)
+  config = base_config()
+  config.runtime.keep_freed_memory, config.runtime.compilation_cache_dir = setting, ""
+  experiment.setup_runtime(config)
+  assert bool(calls) is expected
