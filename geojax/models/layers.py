@@ -1,15 +1,12 @@
 """Small building blocks shared by the text decoder and the vision tower: dense, embedding, norms, rotary."""
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
-from geojax.models.platform import current_platform
 
 Shape = Sequence[int]
 
@@ -26,32 +23,8 @@ def param(rngs: nnx.Rngs | None, shape: Shape, axes: Sequence[str | None], init:
   return nnx.Param(value, logical_axes=tuple(axes))
 
 
-@jax.custom_vjp
-def rows_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x [T, I] @ w [I, O], whose weight gradient XLA:CPU runs as a YNNPACK dot (see `_rows_matmul_bwd`)."""
-  return jnp.dot(x, w)
-
-
-def _rows_matmul_fwd(x, w):
-  return jnp.dot(x, w), (x, w)
-
-
-def _rows_matmul_bwd(residuals, g):
-  x, w = residuals
-  dx = jax.lax.dot_general(g, w, (((1,), (1,)), ((), ())))
-  # dW = x^T g. Left to itself XLA:CPU folds the transpose into the dot (x contracted over its rows), which
-  # YNNPACK does not take, and runs it in Eigen at about half the speed, behind a transposed copy of g. x^T made
-  # here, behind a barrier the folding cannot see through, gives YNNPACK the layout it takes.
-  dw = jnp.dot(jax.lax.optimization_barrier(x.T), g)
-  return dx, dw
-
-
-rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
-
-
 class Dense(nnx.Module):
-  """y = x . W (+ b) contracting the last `len(in_shape)` dims of x; kernel [*in_shape, *out_shape]. On CPU the
-  product is one `rows_matmul` (the same values; a faster weight gradient there)."""
+  """y = x . W (+ b) contracting the last `len(in_shape)` dims of x; kernel [*in_shape, *out_shape]."""
 
   def __init__(self, in_shape: Shape, out_shape: Shape, axes: Sequence[str | None], *, bias: bool,
                dtype, param_dtype, rngs: nnx.Rngs):
@@ -65,11 +38,7 @@ class Dense(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     n_in = len(self.in_shape)
     dims = ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ()))
-    if isinstance(self.kernel, nnx.Variable) and current_platform() == "cpu":
-      rows, size_in = x.shape[:x.ndim - n_in], math.prod(self.in_shape)
-      y = rows_matmul(x.astype(self.dtype).reshape(-1, size_in),
-                      self.kernel[...].astype(self.dtype).reshape(size_in, -1)).reshape(*rows, *self.out_shape)
-    elif isinstance(self.kernel, nnx.Variable):
+    if isinstance(self.kernel, nnx.Variable):
       y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), dims)
     else:  # QLoRA's frozen quantized kernel (geojax.models.lora.QuantizedKernel)
       y = self.kernel.dot_general(x.astype(self.dtype), dims).astype(self.dtype)
