@@ -10,7 +10,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (after the environment above)
 import pytest  # noqa: E402
 
+from geojax import runtime  # noqa: E402
+
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(autouse=True)
+def system_allocator(monkeypatch):
+  """Entry points run in-process keep glibc's defaults: the suite runs many programs a few times each, where a heap
+  that keeps freed memory made tests/learners 6% slower (runtime.keep_freed_memory pays off on steps repeated; it
+  changes no value). tests/runtime/test_host_memory.py tests it in fresh processes."""
+  monkeypatch.setattr(runtime, "keep_freed_memory", lambda *args, **kwargs: False)
 
 
 @pytest.hookimpl(trylast=True)  # after the session fixtures' teardown
