@@ -36,7 +36,7 @@ def setup_runtime(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     enable_compilation_cache(rc.compilation_cache_dir)
   mesh = runtime.make_mesh(dict(rc.mesh), device_split(config)[0])
   keep = rc.get("keep_freed_memory", "auto")
-  if keep == "on" or (keep == "auto" and mesh.devices.flat[0].platform == "cpu"):
+  if keep == "on" or (keep == "auto" and device_platform(mesh.devices.flat[0]) == "cpu"):
     runtime.keep_freed_memory()
   return mesh
 
