@@ -10,13 +10,22 @@ sequence chunks of `chunk_size` positions inside `jax.lax.map`, each chunk under
 forward holds one [B, chunk, V] float32 block at a time and the backward recomputes it chunk by chunk
 (chunked_logprobs checkpoint=False skips that for a single chunk, where it saves no memory).
 Differentiable with respect to the model parameters (the GRPO loss takes gradients through it).
+
+A large vocabulary (more than VOCAB_BLOCK columns, not split over the mesh) is also taken in blocks of columns:
+the log-sum-exp runs online over the blocks and the backward recomputes each block's logits (`blocked_logprobs`),
+so no [rows, V] float32 array is ever written. At vocab 151,936 on one CPU thread that makes the forward 2.5x and
+forward + backward 1.2x faster than one [rows, V] block, which streams through memory several times.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
-from geojax.models.sharding import shard
+from geojax.models.sharding import logical_to_spec, shard
+
+VOCAB_BLOCK = 8192  # head columns per block of blocked_logprobs (8 MB of float32 logits per 256 rows)
 
 
 def chunked_logprobs(hidden: jax.Array, output: jax.Array, targets: jax.Array, *, chunk_size: int = 256,
@@ -42,6 +51,9 @@ def chunked_logprobs(hidden: jax.Array, output: jax.Array, targets: jax.Array, *
     # is: the same values as a [B, chunk, D] einsum, whose backward XLA:CPU runs through transposed copies of the
     # logits' cotangent (the head's gradient 1.6x slower at vocab 2,048, 2x at 151,936)
     rows = h_chunk.shape[0] * h_chunk.shape[1]
+    if _vocab_in_blocks(w.shape[1]):
+      rows_h = shard(h_chunk.reshape(rows, dim).astype(compute_dtype), ("batch", "act_embed"))
+      return blocked_logprobs(rows_h, w, t_chunk.reshape(rows), temperature).reshape(t_chunk.shape)
     logits = jnp.dot(h_chunk.reshape(rows, dim).astype(compute_dtype), w, preferred_element_type=jnp.float32)
     logits = shard(logits, ("batch", "act_vocab")) / temperature
     picked = jnp.take_along_axis(logits, t_chunk.reshape(rows, 1), axis=-1)[:, 0]
@@ -52,6 +64,93 @@ def chunked_logprobs(hidden: jax.Array, output: jax.Array, targets: jax.Array, *
   one = jax.checkpoint(one)
   out = jax.lax.map(lambda xs: one(output, *xs), (h, t))  # [n_chunks, B, chunk]
   return out.swapaxes(0, 1).reshape(batch, n_chunks * chunk)[:, :length]
+
+
+def _vocab_in_blocks(vocab: int) -> bool:
+  """Whether the head is taken in column blocks: a vocabulary above VOCAB_BLOCK that the mesh does not split (a
+  vocabulary split over devices keeps the one-block form, whose sharding the partitioner already handles)."""
+  if vocab <= VOCAB_BLOCK:
+    return False
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return True
+  split = logical_to_spec(("act_vocab",), shape=(vocab,), mesh_shape=dict(mesh.shape))[0] or ()
+  return all(mesh.shape[axis] == 1 for axis in ((split,) if isinstance(split, str) else split))
+
+
+def _over_blocks(step, w: jax.Array, carry):
+  """fori_loop of step(start, w_block, fresh, carry) over ceil(V / VOCAB_BLOCK) equal blocks of w's columns. The
+  last block is shifted left to end at V; `fresh` [width] masks the columns an earlier block already covered."""
+  vocab = w.shape[1]
+  n_blocks = -(-vocab // VOCAB_BLOCK)
+  width = -(-vocab // n_blocks)
+
+  def body(k, carry):
+    start = jnp.minimum(k * width, vocab - width)
+    fresh = start + jnp.arange(width) >= k * width
+    return step(start, jax.lax.dynamic_slice_in_dim(w, start, width, axis=1), fresh, carry)
+
+  return jax.lax.fori_loop(0, n_blocks, body, carry)
+
+
+def _block_logits(h, w_block, fresh, temperature):
+  logits = jnp.dot(h, w_block, preferred_element_type=jnp.float32) / temperature
+  return shard(jnp.where(fresh, logits, -jnp.inf), ("batch", None))
+
+
+def _blocked_logsumexp(h, w, temperature):
+  def step(start, w_block, fresh, carry):
+    top, total = carry
+    logits = _block_logits(h, w_block, fresh, temperature)
+    new_top = jnp.maximum(top, logits.max(axis=-1))
+    return new_top, total * jnp.exp(top - new_top) + jnp.exp(logits - new_top[:, None]).sum(axis=-1)
+
+  rows = h.shape[0]
+  top, total = _over_blocks(step, w, (jnp.full((rows,), -jnp.inf), jnp.zeros((rows,))))
+  return top + jnp.log(total)
+
+
+def _picked_logits(h, w, targets, temperature):
+  """logits[n, targets[n]] as one dot per row with the target's column of w."""
+  columns = jnp.take(w, targets, axis=1).T  # [rows, D]
+  return jnp.einsum("nd,nd->n", h, columns, preferred_element_type=jnp.float32) / temperature
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def blocked_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
+  """log softmax(h @ w / temperature)[n, targets[n]], float32 [rows], from h [rows, D] and w [D, V] in the compute
+  dtype, over blocks of w's columns (see the module docstring)."""
+  return _picked_logits(h, w, targets, temperature) - _blocked_logsumexp(h, w, temperature)
+
+
+def _blocked_fwd(h, w, targets, temperature):
+  lse = _blocked_logsumexp(h, w, temperature)
+  return _picked_logits(h, w, targets, temperature) - lse, (h, w, targets, lse)
+
+
+def _blocked_bwd(temperature, residuals, g):
+  # d lp[n] / d logits[n, j] = (onehot(targets[n])_j - softmax_j) / temperature: the softmax part block by block
+  # (each block's logits recomputed), the one-hot part once, as a gather and a scatter-add of target columns.
+  h, w, targets, lse = residuals
+  scale = g / temperature
+
+  def step(start, w_block, fresh, carry):
+    dh, dw = carry
+    p = jnp.exp(_block_logits(h, w_block, fresh, temperature) - lse[:, None]) * -scale[:, None]
+    p = p.astype(h.dtype)
+    dh = dh + jnp.dot(p, w_block.T, preferred_element_type=jnp.float32)
+    dw_block = jnp.dot(h.T, p, preferred_element_type=jnp.float32).astype(w.dtype)
+    # columns of the shifted last block that an earlier block wrote get p = 0 here: add, do not overwrite
+    dw_block = dw_block + jax.lax.dynamic_slice_in_dim(dw, start, w_block.shape[1], axis=1)
+    return dh, jax.lax.dynamic_update_slice_in_dim(dw, dw_block, start, axis=1)
+
+  dh, dw = _over_blocks(step, w, (jnp.zeros(h.shape, jnp.float32), jnp.zeros_like(w)))
+  dh = dh + scale[:, None] * jnp.take(w, targets, axis=1).T
+  dw = dw.at[:, targets].add((h * scale[:, None].astype(h.dtype)).T.astype(w.dtype))
+  return dh.astype(h.dtype), dw, None
+
+
+blocked_logprobs.defvjp(_blocked_fwd, _blocked_bwd)
 
 
 def token_logprobs(model, input_ids, targets, attention_mask=None, pixel_values=None, image_grid_thw=None,
