@@ -34,10 +34,14 @@ def setup_runtime(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     jax.config.update("jax_default_matmul_precision", rc.matmul_precision)
   if rc.get("compilation_cache_dir"):
     enable_compilation_cache(rc.compilation_cache_dir)
-  mesh = runtime.make_mesh(dict(rc.mesh), device_split(config)[0])
   keep = rc.get("keep_freed_memory", "auto")
-  if keep == "on" or (keep == "auto" and device_platform(mesh.devices.flat[0]) == "cpu"):
+  # before the backend starts where it can: XLA's threads take their malloc arena when they start
+  early = keep == "on" or (keep == "auto" and runtime.only_cpu_possible())
+  if early:
     runtime.keep_freed_memory()
+  mesh = runtime.make_mesh(dict(rc.mesh), device_split(config)[0])
+  if not early and keep == "auto" and device_platform(mesh.devices.flat[0]) == "cpu":
+    runtime.keep_freed_memory()  # the threads keep their own arenas; the mmap and trim settings still apply
   return mesh
 
 

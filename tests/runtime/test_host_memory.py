@@ -3,10 +3,12 @@ the kernel, in a fresh process: the setting is process-wide and has no undo)."""
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from geojax import experiment, runtime
+from geojax.runtime import host_memory
 from geojax.config_schema import base_config
 
 PROBE = """
@@ -52,11 +54,24 @@ def test_a_freed_buffer_is_reused_without_page_faults(where):
   assert kept["faults"] < 100
 
 
-@pytest.mark.parametrize("setting, expected", [("auto", True), ("on", True), ("off", False)])
-def test_setup_runtime_keeps_freed_memory_on_cpu_devices_unless_off(monkeypatch, setting, expected):
+@pytest.mark.parametrize("setting, cpu_only, expected", [
+    ("auto", True, ["keep", "mesh"]),  # before the backend starts: the arena setting counts
+    ("auto", False, ["mesh", "keep"]),  # an accelerator was possible: after, once the devices are known to be CPUs
+    ("on", False, ["keep", "mesh"]),
+    ("off", True, ["mesh"])])
+def test_setup_runtime_keeps_freed_memory_on_cpu_devices_unless_off(monkeypatch, setting, cpu_only, expected):
   calls = []
-  monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(True) or True)
+  make_mesh = runtime.make_mesh
+  monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append("keep") or True)
+  monkeypatch.setattr(runtime, "only_cpu_possible", lambda: cpu_only)
+  monkeypatch.setattr(runtime, "make_mesh", lambda *a: calls.append("mesh") or make_mesh(*a))
   config = base_config()
   config.runtime.keep_freed_memory, config.runtime.compilation_cache_dir = setting, ""
   experiment.setup_runtime(config)
-  assert bool(calls) is expected
+  assert calls == expected
+
+
+@pytest.mark.parametrize("platforms, expected", [("cpu", True), ("tpu,cpu", False), ("cuda", False)])
+def test_only_cpu_possible_reads_jax_platforms(monkeypatch, platforms, expected):
+  monkeypatch.setattr(host_memory, "jax", SimpleNamespace(config=SimpleNamespace(jax_platforms=platforms)))
+  assert host_memory.only_cpu_possible() is expected
