@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from geojax.models.sharding import logical_to_spec
+from geojax.sampling.noise import gumbel
 
 
 class SamplingSettings(NamedTuple):
@@ -202,7 +203,7 @@ def candidate_count(vocab_size: int, settings: SamplingSettings) -> int:
 
 def draw_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """The Gumbel noise `choose` adds to candidates [B, C] for a key (exposed so a caller can draw it ahead)."""
-  return jax.random.gumbel(key, shape, jnp.float32)
+  return gumbel(key, shape)
 
 
 def choose(logits: jax.Array, key: jax.Array | None, settings: SamplingSettings,
