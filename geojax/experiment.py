@@ -19,7 +19,8 @@ from geojax import runtime
 from geojax.data.batching import ExampleTransform
 from geojax.data.tokenizer import load_tokenizer
 from geojax.models import QwenVL, load_hf, lora, param_shardings
-from geojax.models.attention import check_backend, device_platform
+from geojax.models.attention import check_backend
+from geojax.models.platform import device_platform
 from geojax.models.presets import PRESETS, tiny_config
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

@@ -26,6 +26,7 @@ import numpy as np
 
 from geojax.models.config import ATTENTION_BACKENDS as BACKENDS
 from geojax.models.layers import masked_attention
+from geojax.models.platform import current_platform
 
 NEEDS = {"cudnn": "gpu", "splash": "tpu"}  # backends that run on one platform only
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite (as splash's): exp(MASK_VALUE - MASK_VALUE) is 1, not NaN
@@ -97,20 +98,6 @@ class Mask:
     causal, static_offset, padding, backend = aux
     q, kv, offset = children
     return cls(q, kv, causal, static_offset if offset is None else offset, padding, backend)
-
-
-def device_platform(device) -> str:
-  """"tpu", "gpu" or "cpu" for a device (or an abstract one)."""
-  return "gpu" if device.platform in ("cuda", "rocm", "gpu") else device.platform
-
-
-def current_platform() -> str:
-  """"tpu", "gpu" or "cpu": the devices of the current mesh if one is set, else JAX's default backend."""
-  mesh = jax.sharding.get_abstract_mesh()
-  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
-  if device is not None:
-    return device_platform(device)
-  return "gpu" if jax.default_backend() in ("cuda", "rocm", "gpu") else jax.default_backend()
 
 
 def check_backend(backend: str, platform: str | None = None) -> str:

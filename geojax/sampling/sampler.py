@@ -32,7 +32,7 @@ from flax import nnx
 
 from geojax.data.mrope import rope_index
 from geojax.models import lora
-from geojax.models.attention import current_platform, device_platform
+from geojax.models.platform import current_platform, device_platform
 from geojax.models.vision import grid_tuple
 from geojax.sampling.logits import SamplingSettings, candidate_count
 from geojax.sampling import loop
