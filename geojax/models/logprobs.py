@@ -23,7 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from geojax.models.attention import current_platform
+from geojax.models.platform import current_platform
 from geojax.models.sharding import logical_to_spec, shard
 
 VOCAB_BLOCK = 8192  # head columns per block of blocked_logprobs (8 MB of float32 logits per 256 rows)
@@ -75,10 +75,8 @@ def _vocab_in_blocks(vocab: int) -> bool:
   if vocab <= VOCAB_BLOCK or current_platform() != "cpu":
     return False
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return True
-  split = logical_to_spec(("act_vocab",), shape=(vocab,), mesh_shape=dict(mesh.shape))[0] or ()
-  return all(mesh.shape[axis] == 1 for axis in ((split,) if isinstance(split, str) else split))
+  split_axes = {} if mesh.empty else {axis: size for axis, size in mesh.shape.items() if size > 1}
+  return logical_to_spec(("act_vocab",), shape=(vocab,), mesh_shape=split_axes)[0] is None
 
 
 def _over_blocks(step, w: jax.Array, carry):
@@ -123,7 +121,7 @@ def _picked_logits(h, w, targets, temperature):
 def blocked_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
   """log softmax(h @ w / temperature)[n, targets[n]], float32 [rows], from h [rows, D] and w [D, V] in the compute
   dtype, over blocks of w's columns (see the module docstring)."""
-  return _picked_logits(h, w, targets, temperature) - _blocked_logsumexp(h, w, temperature)
+  return _blocked_fwd(h, w, targets, temperature)[0]
 
 
 def _blocked_fwd(h, w, targets, temperature):
