@@ -29,7 +29,9 @@ def build(config):
 
 
 def test_next_rollout_is_sampled_by_the_policy_before_the_update(tmp_path, builtin_dir):
-  fast = {"grpo.lr": 1e-2, "grpo.warmup_steps": 0}  # so that update 1 moves the policy visibly
+  # so that update 1 moves the policy visibly, even when every completion of rollout 1 earns the same reward (zero
+  # advantages, zero gradient: which happens depends on the processor's rounding): the decay moves every weight
+  fast = {"grpo.lr": 1e-2, "grpo.warmup_steps": 0, "grpo.weight_decay": 0.1}
   learner, mesh = build(tiny_config(str(tmp_path / "apart"), builtin_dir, **APART, **fast))
   assert mesh.devices.size == 4 and set(mesh.devices.flat).isdisjoint(learner.rollout.sampler.layout.mesh.devices.flat)
   on, _ = build(tiny_config(str(tmp_path / "on"), builtin_dir, **fast))
