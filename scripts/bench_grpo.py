@@ -10,10 +10,11 @@ rollout, float32, a trivial reward (completion length in characters / 100). geoj
 output for the same chat messages and image that TRL's dataset row holds.
 
 Every measurement is a fresh process, the two sides alternating (which goes first flips every round), pinned to the
-same CPUs with the same thread count: torch.set_num_threads(n) and XLA_FLAGS intra_op_parallelism_threads=n
-(--xla_cpu_multi_thread_eigen=false at n=1). Per process: step 1 (compilation in geojax, warm-up in torch) is
-reported apart, then --steps steady steps; geojax's phases (rollout, reference, host scoring, update) are timed on
---steps more steps by blocking on each phase's outputs (here only: the learner itself never blocks between them).
+same CPUs with the same thread count: torch.set_num_threads(n), and for XLA the n CPUs the process is pinned to
+(XLA:CPU sizes its thread pool from the CPU affinity; --xla_cpu_multi_thread_eigen=false at n=1). Per process:
+step 1 (compilation in geojax, warm-up in torch) is reported apart, then --steps steady steps; geojax's phases
+(rollout, reference, host scoring, update) are timed on --steps more steps by blocking on each phase's outputs (here
+only: the learner itself never blocks between them).
 geojax's persistent compilation cache starts empty in round 1 (cold) and is reused after (warm).
 """
 from __future__ import annotations
@@ -35,10 +36,12 @@ QUESTION = "Where was this photo taken? Answer with the latitude and longitude."
 
 
 def thread_settings(n: int) -> dict:
-  """Environment of a measured process: n threads for torch (OpenMP) and XLA."""
+  """Environment of a measured process: n threads for torch (OpenMP); XLA takes its n from the affinity `child`
+  sets (XLA_FLAGS has no thread-count flag: an `intra_op_parallelism_threads=n` there is read as no flag at all,
+  and XLA stops reading the flags at it)."""
   eigen = "false" if n == 1 else "true"
   return {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "TOKENIZERS_PARALLELISM": "false",
-          "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen={eigen} intra_op_parallelism_threads={n}",
+          "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen={eigen}",
           "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
 
 

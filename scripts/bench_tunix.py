@@ -20,7 +20,7 @@ prompt + 64. geojax: `GRPOLearner` with a `RolloutSource` of the token batch, th
 reaches it).
 
 Every measurement is a fresh process, the sides alternating (which goes first flips every round), pinned to the
-same CPUs with XLA_FLAGS intra_op_parallelism_threads=n (--xla_cpu_multi_thread_eigen=false at n=1); each side has
+same n CPUs (XLA:CPU sizes its thread pool from them; --xla_cpu_multi_thread_eigen=false at n=1); each side has
 its own persistent compilation cache, empty in round 1. Step 1 (compilation) is reported apart, then the median of
 --steps steady steps, in wall-clock seconds and in CPU seconds of the process (all its threads: on a loaded machine
 the wall clock also counts the time other jobs hold the CPU, the CPU seconds do not). Tunix's step is the time
