@@ -7,6 +7,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from geojax.runtime.numerics import pin_cpu_numerics  # noqa: E402
+
+# the entry points' XLA:CPU numerics: sampled tokens, and every assertion on them, do not depend on the processor
+# that runs the suite (CI's machine may have AVX-512 or not)
+pin_cpu_numerics()
+
 import jax  # noqa: E402  (after the environment above)
 import pytest  # noqa: E402
 
