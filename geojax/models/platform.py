@@ -1,6 +1,6 @@
 """Which kind of chip a program is being built for: "tpu", "gpu" or "cpu".
 
-Some choices depend on it (the attention backend; on CPU, the LM head's vocabulary blocks and the sampling noise).
+Some choices depend on it (the attention backend; on CPU, the LM head's vocabulary blocks).
 geojax.plan builds TPU programs in a CPU process, so the answer comes from the mesh's devices when one is set, not
 from the host.
 """

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from geojax.models.sharding import logical_to_spec
-from geojax.sampling.noise import gumbel
 
 
 class SamplingSettings(NamedTuple):
@@ -196,21 +195,85 @@ def filtered_candidates(logits: jax.Array, settings: SamplingSettings) -> tuple[
   return values, ids
 
 
-def candidate_count(vocab_size: int, settings: SamplingSettings) -> int:
-  """Width of the candidate set `choose` draws from: top_k, or the whole vocabulary."""
-  return settings.top_k if settings.top_k is not None else vocab_size
+# Vocabulary blocks of the draw: `inverse_cdf` picks a block from the [R, C / DRAW_BLOCK] block masses, then a token
+# among the block's DRAW_BLOCK. 16 divides the vocabulary shards of Qwen's 151,936 and 152,064 over up to 8 devices.
+DRAW_BLOCK = 16
+NOISE_WIDTH = 2  # uniforms per row and step: one picks the block, one the token in it
 
 
-def draw_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """The Gumbel noise `choose` adds to candidates [B, C] for a key (exposed so a caller can draw it ahead)."""
-  return gumbel(key, shape)
+def draw_noise(key: jax.Array, rows: int) -> jax.Array:
+  """The uniforms [rows, NOISE_WIDTH] `choose` inverts the distribution at, for a key (exposed so a caller can draw
+  every step's ahead)."""
+  return jax.random.uniform(key, (rows, NOISE_WIDTH), jnp.float32)
+
+
+def _first_above(cum: jax.Array, target: jax.Array, mass: jax.Array) -> jax.Array:
+  """int32 [R]: the first index of cum [R, n] above target [R] among entries with mass [R, n] > 0; n where none
+  is. Entries without mass are never chosen, even where XLA's cumulative sum is not monotone in the last bit."""
+  index = jax.lax.broadcasted_iota(jnp.int32, cum.shape, 1)
+  return jnp.min(jnp.where((mass > 0) & (cum > target[:, None]), index, cum.shape[1]), axis=1)
+
+
+def _last_with_mass(mass: jax.Array) -> jax.Array:
+  """int32 [R]: the last index of mass [R, n] above 0 (u * total can round up to total); -1 where none is."""
+  return jnp.max(jnp.where(mass > 0, jax.lax.broadcasted_iota(jnp.int32, mass.shape, 1), -1), axis=1)
+
+
+def _draw(x: jax.Array, uniforms: jax.Array, tensor: bool = False) -> tuple[jax.Array, jax.Array]:
+  """`inverse_cdf` on candidates x [R, W]: the whole row, or (tensor) this device's shard of rows split on the
+  "tensor" axis, where only row scalars travel: the max, each shard's total mass, the chosen slot."""
+  rows, width = x.shape
+  pad = (-width) % DRAW_BLOCK  # only for whole rows: a split row's shards hold whole blocks
+  if pad:
+    x = jnp.pad(x, ((0, 0), (0, pad)), constant_values=-jnp.inf)
+  top = jnp.max(x, axis=-1)
+  if tensor:
+    top = jax.lax.pmax(top, "tensor")
+  weights = jnp.exp(x - top[:, None]).reshape(rows, -1, DRAW_BLOCK)
+  block_mass = jnp.sum(weights, axis=-1)
+  block_cum = jnp.cumsum(block_mass, axis=-1)
+  total = block_cum[:, -1]
+  before = jnp.zeros_like(total)  # the mass of the shards before this one
+  if tensor:
+    totals = jax.lax.all_gather(total, "tensor", axis=1)
+    before = jnp.take(jnp.cumsum(totals, axis=1) - totals, jax.lax.axis_index("tensor"), axis=1)
+    total = jnp.sum(totals, axis=1)
+  block = _first_above(block_cum, uniforms[:, 0] * total - before, block_mass)
+  claimed, last = block < block_mass.shape[1], _last_with_mass(block_mass)
+  block = jnp.where(claimed, block, jnp.maximum(last, 0))
+  mass = jnp.take_along_axis(weights, block[:, None, None], axis=1)[:, 0]
+  within = _first_above(jnp.cumsum(mass, axis=-1), uniforms[:, 1] * jnp.sum(mass, axis=-1), mass)
+  within = jnp.where(within < DRAW_BLOCK, within, _last_with_mass(mass))
+  slot = block * DRAW_BLOCK + within
+  if not tensor:
+    return slot, top + jnp.log(total)
+  slot = slot + jax.lax.axis_index("tensor") * width
+  # every shard past the chosen one claims too (its mass starts above the target): the first claim is the draw
+  first = jax.lax.pmin(jnp.where(claimed, slot, jnp.iinfo(jnp.int32).max), "tensor")
+  fallback = jax.lax.pmax(jnp.where(last >= 0, slot, -1), "tensor")
+  return jnp.where(first < jnp.iinfo(jnp.int32).max, first, fallback), top + jnp.log(total)
+
+
+def inverse_cdf(candidates: jax.Array, uniforms: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A draw from softmax(candidates [R, C]) by inverting its distribution: (slot [R], logsumexp(candidates) [R]).
+
+  uniforms [R, 2] in [0, 1): the first picks a block of DRAW_BLOCK candidates by the block masses, the second a
+  candidate within it by theirs. Two uniforms per row replace a Gumbel-max draw's C noise values, which cost more
+  than the LM head's matmul on CPU at a 152k vocabulary (BENCHMARKS.md). Candidates at -inf are never drawn. On
+  vocabulary-split candidates each shard draws within its own blocks and only row scalars travel; the draw is the
+  whole row's but where u lands within rounding of a block boundary.
+  """
+  split = _vocab_split(candidates)
+  if split is None or split[2] % DRAW_BLOCK:
+    return _draw(candidates, uniforms)
+  return _over_vocab(lambda x, u: _draw(x, u, tensor=True), split, candidates, uniforms, row_args=1)
 
 
 def choose(logits: jax.Array, key: jax.Array | None, settings: SamplingSettings,
            noise: jax.Array | None = None) -> Choice:
   """Picks the next token for each row of logits [B, V] (greedy when settings.temperature == 0).
 
-  `noise`, if given, is `draw_noise(key, (B, candidate_count(V, settings)))` computed ahead (then key is unused).
+  `noise`, if given, is `draw_noise(key, B)` computed ahead (then key is unused).
   """
   logits = logits.astype(jnp.float32)
   policy_logprobs = jax.nn.log_softmax(logits, axis=-1)
@@ -219,11 +282,10 @@ def choose(logits: jax.Array, key: jax.Array | None, settings: SamplingSettings,
     logprob = take(policy_logprobs, token)
     return Choice(token, logprob, jnp.zeros_like(logprob))
   candidates, ids = filtered_candidates(logits, settings)
-  # Gumbel-max draw (what jax.random.categorical does), with the blocked argmax.
   if noise is None:
-    noise = draw_noise(key, candidates.shape)
-  slot = argmax(candidates + noise)
-  sampling_logprob = take(jax.nn.log_softmax(candidates, axis=-1), slot)
+    noise = draw_noise(key, logits.shape[0])
+  slot, logsumexp = inverse_cdf(candidates, noise)
+  sampling_logprob = take(candidates, slot) - logsumexp
   token = slot if ids is None else jnp.take_along_axis(ids, slot[:, None], axis=-1)[:, 0].astype(jnp.int32)
   logprob = take(policy_logprobs, token)
   return Choice(token, logprob, sampling_logprob)

@@ -9,7 +9,7 @@ are live, so that
   - rows that finish early stop costing: the next phase gathers the live rows into the smallest power of two that
     holds them (the rest of its slots are finished rows that write nothing).
 Results are written by original row into full-size buffers. Row r's sampling noise at step t is row r of the draw
-the whole batch makes (fold_in(rng, t), shape [B*G, C]), so the tokens are the same whatever the phases.
+the whole batch makes (fold_in(rng, t), shape [B*G, NOISE_WIDTH]), so the tokens are the same whatever the phases.
 
 The model's caches are opaque pytrees here (`cache_axes` finds each leaf's batch and length axes from the shapes
 `decode_cache` gives), so the loop holds for per-layer tuples and stacked layers alike. The prefill cache has
@@ -28,7 +28,7 @@ import numpy as np
 
 from geojax.data.batch import repeat_examples
 from geojax.models.sharding import shard
-from geojax.sampling.logits import SamplingSettings, candidate_count, choose, draw_noise
+from geojax.sampling.logits import SamplingSettings, choose, draw_noise
 
 # The smallest cache bucket (slots): below it attention is a small part of a step, and a phase costs a host sync.
 MIN_BUCKET = 256
@@ -72,7 +72,7 @@ class DecodeState(NamedTuple):
   rows: jax.Array         # int32 [b]: the result row a slot decodes (filler slots repeat a finished row)
   cache: dict             # the model's decode cache, batch b
   out: tuple              # (tokens [R, N], logprobs [R, N], sampling_logprobs [R, N], lengths [R])
-  noise: jax.Array | None  # [N, R, C] every step's noise, when drawn ahead
+  noise: jax.Array | None  # [N, R, NOISE_WIDTH] every step's uniforms, when drawn ahead
   rng: jax.Array
 
 
@@ -135,26 +135,25 @@ def _row_grids(grid, row_images) -> list[tuple]:
   return [tuple(grid[s:s + n]) for s, n in zip(starts, row_images)]
 
 
-def _noise_ahead(rng: jax.Array, rows: int, vocab_size: int, plan: Plan) -> jax.Array | None:
-  """[steps, rows, C] Gumbel noise, row t exactly what step t would draw from fold_in(rng, t); None unless
+def _noise_ahead(rng: jax.Array, rows: int, plan: Plan) -> jax.Array | None:
+  """[steps, rows, NOISE_WIDTH] uniforms, row t exactly what step t would draw from fold_in(rng, t); None unless
   plan.noise_ahead (then each step draws its own: on CPU, JAX's threefry is a rolled loop, and drawing per step
   costs two small while loops inside every decode step)."""
   if not plan.noise_ahead:
     return None
-  width = candidate_count(vocab_size, plan.settings)
   keys = jax.vmap(lambda t: jax.random.fold_in(rng, t))(jnp.arange(plan.max_new_tokens))
-  return jax.vmap(lambda key: draw_noise(key, (rows, width)))(keys)
+  return jax.vmap(lambda key: draw_noise(key, rows))(keys)
 
 
-def _step_noise(s: DecodeState, vocab_size: int, plan: Plan) -> jax.Array | None:
-  """[b, C]: each slot's row of the noise the whole batch draws at step s.t (None when greedy)."""
+def _step_noise(s: DecodeState, plan: Plan) -> jax.Array | None:
+  """[b, NOISE_WIDTH]: each slot's row of the noise the whole batch draws at step s.t (None when greedy)."""
   if plan.settings.greedy:
     return None
   total = s.out[3].shape[0]
   if s.noise is not None:
     noise = jax.lax.dynamic_index_in_dim(s.noise, s.t, keepdims=False)
   else:
-    noise = draw_noise(jax.random.fold_in(s.rng, s.t), (total, candidate_count(vocab_size, plan.settings)))
+    noise = draw_noise(jax.random.fold_in(s.rng, s.t), total)
   return noise if s.rows.shape[0] == total else noise[s.rows]
 
 
@@ -182,7 +181,6 @@ def _run_phase(model, s: DecodeState, head, plan: Plan, prompt_len: int, length:
   slots = s.token.shape[0]
   stop = min(plan.max_new_tokens, length - prompt_len + 1)  # step t writes slot prompt_len + t - 1
   least = slots // 2 if plan.compact else 0
-  vocab_size = model.config.text.vocab_size
   layers = model.language_model.layer_list() if plan.layer_list else None  # sliced once, before the loop
 
   def keep_going(s):
@@ -190,7 +188,7 @@ def _run_phase(model, s: DecodeState, head, plan: Plan, prompt_len: int, length:
 
   def step(s):
     logits, cache = model.decode_one(s.token, s.cache, head, layers)
-    pick = choose(logits, None, plan.settings, _step_noise(s, vocab_size, plan))
+    pick = choose(logits, None, plan.settings, _step_noise(s, plan))
     return _record(s._replace(cache=cache), pick, plan)
 
   s = jax.lax.while_loop(keep_going, step, s)
@@ -226,8 +224,8 @@ def start(model, input_ids, attention_mask, position_ids, pixel_values, rng, hea
   out = (jnp.full((rows, steps), plan.pad_id, jnp.int32), jnp.zeros((rows, steps), jnp.float32),
          jnp.zeros((rows, steps), jnp.float32), jnp.zeros((rows,), jnp.int32))
   s = DecodeState(jnp.int32(0), jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), bool),
-                  jnp.arange(rows, dtype=jnp.int32), cache, out, _noise_ahead(rng, rows, logits.shape[-1], plan), rng)
-  s = _record(s, choose(logits, None, plan.settings, _step_noise(s, logits.shape[-1], plan)), plan)
+                  jnp.arange(rows, dtype=jnp.int32), cache, out, _noise_ahead(rng, rows, plan), rng)
+  s = _record(s, choose(logits, None, plan.settings, _step_noise(s, plan)), plan)
   return _run_phase(model, s, head, plan, prompt_len, length)
 
 

@@ -34,7 +34,7 @@ from geojax.data.mrope import rope_index
 from geojax.models import lora
 from geojax.models.platform import current_platform, device_platform
 from geojax.models.vision import grid_tuple
-from geojax.sampling.logits import SamplingSettings, candidate_count
+from geojax.sampling.logits import NOISE_WIDTH, SamplingSettings
 from geojax.sampling import loop
 from geojax.sampling.loop import GenerateResult, Plan
 
@@ -234,8 +234,7 @@ class Sampler:
   def _planned(self, params, grid, row_images, inputs) -> tuple:
     """(params, decode head, plan, inputs): `_prepare`'s result for checked inputs."""
     rows = inputs[0].shape[0] * self.num_samples
-    width = candidate_count(self.config.text.vocab_size, self.settings)
-    noise_ahead = not self.settings.greedy and self.max_new_tokens * rows * width <= NOISE_AHEAD_MAX
+    noise_ahead = not self.settings.greedy and self.max_new_tokens * rows * NOISE_WIDTH <= NOISE_AHEAD_MAX
     params = self.params if params is None else params
     embedding = _embedding(params, self.rest)
     # Copies in the layouts XLA:CPU decodes faster from, for parameters on CPU devices only (TPU and GPU pick their

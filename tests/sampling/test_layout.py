@@ -85,6 +85,23 @@ def test_vocabulary_split_choice_equals_the_whole_row(k):
   assert int(got[1][1]) == 100
 
 
+def test_vocabulary_split_draw_equals_the_whole_row_and_gathers_no_row():
+  x = jax.random.normal(jax.random.key(0), (64, 256)) * 3
+  x = x.at[2, 64:].set(-jnp.inf).at[3, :192].set(-jnp.inf)  # rows 2 and 3: mass on the first / last shard only
+  uniforms = lg.draw_noise(jax.random.key(1), 64)
+  mesh = make_mesh((2, 1, 4))
+  with jax.set_mesh(mesh):
+    split = jax.device_put(x, NamedSharding(mesh, P("data", "tensor")))
+    draw = jax.jit(lg.inverse_cdf)
+    got = draw(split, uniforms)
+    hlo = draw.lower(split, uniforms).compile().as_text()
+  want = lg.inverse_cdf(x, uniforms)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+  assert int(got[0][2]) < 64 and int(got[0][3]) >= 192
+  assert max(_all_gathers(hlo) or [0]) <= 64 * 4  # each row's shard totals travel, never a row's blocks
+
+
 @pytest.mark.parametrize("quantize", ["none", "nf4"])
 def test_lora_decode_layout_samples_the_merged_weights(tiny_pair, quantize):
   """Under LoRA the decode copy is the merged weights (W + A B alpha / rank, an nf4 base dequantized first): greedy

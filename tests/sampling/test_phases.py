@@ -11,7 +11,7 @@ from flax import nnx
 from geojax.models import testing
 from geojax.sampling import Sampler, SamplingSettings, choose
 from geojax.sampling import loop
-from geojax.sampling.logits import candidate_count, draw_noise
+from geojax.sampling.logits import draw_noise
 
 STEPS, GROUP = 24, 2
 
@@ -39,12 +39,11 @@ def _reference(model, prompts, settings: SamplingSettings, eos: tuple, rng):
   logprobs = np.zeros((rows, STEPS), np.float32)
   lengths = np.zeros(rows, np.int32)
   done = np.zeros(rows, bool)
-  width = candidate_count(logits.shape[-1], settings)
   token = None
   for t in range(STEPS):
     if t:
       logits, cache = decode(state, token, cache)
-    noise = None if settings.greedy else draw_noise(jax.random.fold_in(rng, t), (rows, width))
+    noise = None if settings.greedy else draw_noise(jax.random.fold_in(rng, t), rows)
     pick = choose(logits, None, settings, noise)
     token, logprob = np.asarray(pick.token), np.asarray(pick.logprob)
     tokens[~done, t], logprobs[~done, t], lengths[~done] = token[~done], logprob[~done], t + 1

@@ -8,6 +8,7 @@ from scipy import stats
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from geojax.sampling import SamplingSettings, choose, filtered_probs, generate
+from geojax.sampling.logits import draw_noise, inverse_cdf
 from geojax.models import testing
 
 SETTINGS = [(1.0, None, None), (0.7, None, None), (1.3, 8, None), (0.8, None, 0.7), (1.0, 20, 0.9), (0.5, 3, 0.95)]
@@ -42,6 +43,27 @@ def test_choice_logprobs_are_policy_and_sampling_logprobs():
   warped = np.asarray(filtered_probs(logits, settings))[rows, np.asarray(pick.token)]
   assert (warped > 0).all()
   np.testing.assert_allclose(np.asarray(pick.sampling_logprob), np.log(warped), atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [1, 16, 37, 300])
+def test_inverse_cdf_draws_follow_the_softmax_and_never_a_masked_candidate(width):
+  """40,000 draws of one row (every 7th candidate at -inf; widths around the 16-wide blocks) vs a float64 softmax:
+  chi-square, and the returned logsumexp."""
+  logits = np.random.default_rng(width).normal(size=width) * 2
+  if width > 1:
+    logits[3::7] = -np.inf
+  n = 40000
+  rows = jnp.asarray(np.tile(logits.astype(np.float32), (n, 1)))
+  slot, logsumexp = jax.jit(inverse_cdf)(rows, draw_noise(jax.random.key(width), n))
+  expected = np.exp(logits - logits.max())
+  np.testing.assert_allclose(np.asarray(logsumexp), logits.max() + np.log(expected.sum()), rtol=1e-6)
+  expected /= expected.sum()
+  counts = np.bincount(np.asarray(slot), minlength=width)
+  assert counts[expected == 0].sum() == 0
+  if width > 1:
+    keep = expected > 0
+    _, p_value = stats.chisquare(counts[keep], expected[keep] * n)
+    assert p_value > 1e-3, p_value
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, None, None), (1.0, None, 0.8), (0.9, 30, 0.8)])
