@@ -276,19 +276,19 @@ def choose(logits: jax.Array, key: jax.Array | None, settings: SamplingSettings,
   `noise`, if given, is `draw_noise(key, B)` computed ahead (then key is unused).
   """
   logits = logits.astype(jnp.float32)
-  policy_logprobs = jax.nn.log_softmax(logits, axis=-1)
   if settings.greedy:
     token = argmax(logits)
-    logprob = take(policy_logprobs, token)
+    logprob = take(logits, token) - jax.nn.logsumexp(logits, axis=-1)
     return Choice(token, logprob, jnp.zeros_like(logprob))
   candidates, ids = filtered_candidates(logits, settings)
   if noise is None:
     noise = draw_noise(key, logits.shape[0])
   slot, logsumexp = inverse_cdf(candidates, noise)
   sampling_logprob = take(candidates, slot) - logsumexp
+  if settings == SamplingSettings(1.0, None, None):  # the policy's own distribution: one logsumexp serves both
+    return Choice(slot, sampling_logprob, sampling_logprob)
   token = slot if ids is None else jnp.take_along_axis(ids, slot[:, None], axis=-1)[:, 0].astype(jnp.int32)
-  logprob = take(policy_logprobs, token)
-  return Choice(token, logprob, sampling_logprob)
+  return Choice(token, take(logits, token) - jax.nn.logsumexp(logits, axis=-1), sampling_logprob)
 
 
 def filtered_probs(logits: jax.Array, settings: SamplingSettings) -> jax.Array:
