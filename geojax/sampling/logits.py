@@ -58,8 +58,8 @@ def first_argmax(x: jax.Array) -> jax.Array:
 
   jnp.argmax is a variadic (value, index) reduce that XLA:CPU runs ~10x slower than a plain max. Here a plain
   max per block of 128, a jnp.argmax over the block maxima, then one over the chosen block. No step compares
-  values from two evaluations of x, so the result stays valid when XLA recomputes an elementwise x (such as
-  logits + Gumbel noise) separately for each consumer and the copies differ in the last bit.
+  values from two evaluations of x, so the result stays valid when XLA recomputes an elementwise x separately for
+  each consumer and the copies differ in the last bit.
   """
   rows, vocab = x.shape
   pad = (-vocab) % ARGMAX_BLOCK
@@ -258,8 +258,8 @@ def inverse_cdf(candidates: jax.Array, uniforms: jax.Array) -> tuple[jax.Array, 
   """A draw from softmax(candidates [R, C]) by inverting its distribution: (slot [R], logsumexp(candidates) [R]).
 
   uniforms [R, 2] in [0, 1): the first picks a block of DRAW_BLOCK candidates by the block masses, the second a
-  candidate within it by theirs. Two uniforms per row replace a Gumbel-max draw's C noise values, which cost more
-  than the LM head's matmul on CPU at a 152k vocabulary (BENCHMARKS.md). Candidates at -inf are never drawn. On
+  candidate within it by theirs. Two uniforms per row replace a Gumbel-max draw's C noise values (on CPU at a 152k
+  vocabulary, 3.8 ms of a 17 ms decode step: BENCHMARKS.md). Candidates at -inf are never drawn. On
   vocabulary-split candidates each shard draws within its own blocks and only row scalars travel; the draw is the
   whole row's but where u lands within rounding of a block boundary.
   """
