@@ -260,8 +260,9 @@ def inverse_cdf(candidates: jax.Array, uniforms: jax.Array) -> tuple[jax.Array, 
   uniforms [R, 2] in [0, 1): the first picks a block of DRAW_BLOCK candidates by the block masses, the second a
   candidate within it by theirs. Two uniforms per row replace a Gumbel-max draw's C noise values (on CPU at a 152k
   vocabulary, 3.8 ms of a 17 ms decode step: BENCHMARKS.md). Candidates at -inf are never drawn. On
-  vocabulary-split candidates each shard draws within its own blocks and only row scalars travel; the draw is the
-  whole row's but where u lands within rounding of a block boundary.
+  vocabulary-split candidates whose shards hold whole blocks, each shard draws within its own blocks and only row
+  scalars travel; the draw is the whole row's but where u lands within rounding of a block boundary. Other splits
+  draw as whole rows (XLA gathers them).
   """
   split = _vocab_split(candidates)
   if split is None or split[2] % DRAW_BLOCK:
@@ -276,9 +277,10 @@ def choose(logits: jax.Array, key: jax.Array | None, settings: SamplingSettings,
   `noise`, if given, is `draw_noise(key, B)` computed ahead (then key is unused).
   """
   logits = logits.astype(jnp.float32)
+  policy_logprob = lambda token: take(logits, token) - jax.nn.logsumexp(logits, axis=-1)
   if settings.greedy:
     token = argmax(logits)
-    logprob = take(logits, token) - jax.nn.logsumexp(logits, axis=-1)
+    logprob = policy_logprob(token)
     return Choice(token, logprob, jnp.zeros_like(logprob))
   candidates, ids = filtered_candidates(logits, settings)
   if noise is None:
@@ -288,7 +290,7 @@ def choose(logits: jax.Array, key: jax.Array | None, settings: SamplingSettings,
   if settings == SamplingSettings(1.0, None, None):  # the policy's own distribution: one logsumexp serves both
     return Choice(slot, sampling_logprob, sampling_logprob)
   token = slot if ids is None else jnp.take_along_axis(ids, slot[:, None], axis=-1)[:, 0].astype(jnp.int32)
-  return Choice(token, take(logits, token) - jax.nn.logsumexp(logits, axis=-1), sampling_logprob)
+  return Choice(token, policy_logprob(token), sampling_logprob)
 
 
 def filtered_probs(logits: jax.Array, settings: SamplingSettings) -> jax.Array:
